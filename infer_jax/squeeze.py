@@ -1,0 +1,256 @@
+"""Squeeze: train the teacher networks on the real training set.
+
+    python -m infer_jax.squeeze --config=configs/tiny.py --config.workdir=DIR
+
+For every architecture in ``config.teachers``: train with the config's recipe (SGD,
+momentum, weight decay, cosine schedule, crop + flip), report test top-1, and write a
+teacher checkpoint (params, batch_stats, metadata) to ``DIR/teachers/<arch>/``.
+
+Killed at any moment and run again, it resumes each teacher from its last training
+checkpoint (model, optimiser and data-iterator state), and ends where an uninterrupted
+run would; a finished teacher is loaded, not retrained.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import zlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from infer_jax import checkpoint, config_lib, train
+from infer_jax.data import pipeline, sources
+from infer_jax.errors import InputError
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def teacher_dir(workdir: str, architecture: str) -> str:
+  """Directory of one teacher's checkpoints: ``<workdir>/teachers/<architecture>``."""
+  return os.path.join(workdir, "teachers", architecture)
+
+
+def expected_teacher(
+  config: ml_collections.ConfigDict, info: sources.DatasetInfo, architecture: str
+) -> dict[str, Any]:
+  """The identity (IDENTITY_KEYS of checkpoint.py) a teacher of this run must have."""
+  return {
+    "architecture": architecture,
+    "stem": config_lib.resolve_stem(config, info.image_shape),
+    "width": float(config.teacher_width),
+    "num_classes": info.num_classes,
+    "image_shape": list(info.image_shape),
+    "dataset": info.name,
+  }
+
+
+def _fmt_time(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _round_up(n: int, multiple: int) -> int:
+  # Evaluation batches are padded and masked, so their size is free: make it shardable.
+  return -(-n // multiple) * multiple
+
+
+def train_teacher(
+  config: ml_collections.ConfigDict,
+  dataset: sources.Dataset,
+  architecture: str,
+  directory: str,
+  mesh,
+) -> dict[str, Any]:
+  """Trains one teacher (resuming if possible) and writes its final checkpoint.
+
+  Args:
+    config: the run config (``config.squeeze`` is the recipe).
+    dataset: the real dataset.
+    architecture: registry name of the teacher.
+    directory: the teacher's directory.
+    mesh: device mesh; the batch is sharded over its 'data' axis.
+
+  Returns:
+    The teacher's metadata (test accuracy included).
+  """
+  sq = config.squeeze
+  info = dataset.info
+  identity = expected_teacher(config, info, architecture)
+  if sq.dtype not in DTYPES:
+    raise InputError(f"config.squeeze.dtype must be one of {list(DTYPES)}, got {sq.dtype!r}.")
+  model = checkpoint.build_teacher_model(identity, DTYPES[sq.dtype])
+  # A per-architecture seed that does not depend on the teacher's position in the list.
+  seed = (config.seed * 1_000_003 + zlib.crc32(architecture.encode())) % (2**31)
+
+  iterator = pipeline.train_iterator(
+    dataset.train,
+    batch_size=sq.batch_size,
+    seed=seed,
+    num_epochs=sq.epochs,
+    augment=sq.augment,
+    crop_padding=sq.crop_padding,
+    sharding=train.batch_sharding(mesh),
+    worker_count=sq.worker_count,
+  )
+  total_steps = sq.epochs * iterator.steps_per_epoch
+  tx = train.sgd_optimizer(
+    lr=sq.lr,
+    momentum=sq.momentum,
+    nesterov=sq.nesterov,
+    weight_decay=sq.weight_decay,
+    total_steps=total_steps,
+    warmup_steps=sq.warmup_epochs * iterator.steps_per_epoch,
+  )
+  # The 'rbg' key implementation: XLA:CPU compiles threefry-based initialisers of a deep
+  # network for many seconds (10+ s for MobileNetV2), rbg in a fraction of that.
+  init_key = jax.random.key(seed, impl="rbg")
+  state = train.create_train_state(model, tx, init_key, info.image_shape, mesh)
+
+  ckpt = checkpoint.TrainCheckpointer(os.path.join(directory, "train"))
+  restored = ckpt.restore_latest(state)
+  if restored is not None:
+    step, state, iter_state, meta = restored
+    checkpoint.check_teacher_metadata(meta, identity, directory)
+    iterator.set_state(iter_state)
+    print(f"[{architecture}] resuming from step {step}/{total_steps}", flush=True)
+  train_step = train.make_train_step(
+    model, tx, mean=info.mean, std=info.std, label_smoothing=sq.label_smoothing, seed=seed
+  )
+  step = int(state.step)
+  meta = dict(identity)
+  start = time.perf_counter()
+  window_start, window_steps = start, 0
+  compile_reported = False
+  while step < total_steps:
+    batch = next(iterator)
+    state, metrics = train_step(state, batch)
+    step += 1
+    window_steps += 1
+    if not compile_reported:
+      jax.block_until_ready(metrics)
+      print(
+        f"[{architecture}] compiled and ran the first step in {time.perf_counter() - start:.1f}s",
+        flush=True,
+      )
+      compile_reported = True
+      window_start, window_steps = time.perf_counter(), 0
+    elif step % sq.log_every_steps == 0 or step == total_steps:
+      metrics = jax.device_get(metrics)
+      now = time.perf_counter()
+      rate = window_steps * sq.batch_size / max(now - window_start, 1e-9)
+      eta = (total_steps - step) * sq.batch_size / max(rate, 1e-9)
+      epoch = step / iterator.steps_per_epoch
+      print(
+        f"[{architecture}] epoch {epoch:6.2f}/{sq.epochs} step {step}/{total_steps} "
+        f"loss {float(metrics['loss']):.4f} acc {float(metrics['accuracy']):.3f} "
+        f"{rate:7.1f} img/s eta {_fmt_time(eta)}",
+        flush=True,
+      )
+      window_start, window_steps = now, 0
+    if step % sq.checkpoint_every_steps == 0 and step < total_steps:
+      ckpt.save(step, state, iterator.get_state(), meta)
+  ckpt.close()
+
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  eval_step = train.make_eval_step(model, mean=info.mean, std=info.std)
+  accuracy = train.evaluate(
+    eval_step,
+    variables,
+    pipeline.eval_batches(
+      dataset.test,
+      batch_size=_round_up(sq.eval_batch_size, mesh.size),
+      sharding=train.batch_sharding(mesh),
+    ),
+  )
+  metadata = checkpoint.teacher_metadata(
+    **identity,
+    mean=info.mean,
+    std=info.std,
+    test_accuracy=accuracy,
+    source="squeeze",
+    label_names=list(info.label_names),
+    train_steps=total_steps,
+    seed=seed,
+    recipe=sq.to_dict(),
+    train_seconds=round(time.perf_counter() - start, 2),
+  )
+  checkpoint.save_teacher(directory, variables, metadata)
+  checkpoint.remove_training_checkpoints(directory)
+  print(f"[{architecture}] test top-1 {100 * accuracy:.2f}%", flush=True)
+  return metadata
+
+
+def squeeze(
+  config: ml_collections.ConfigDict, dataset: sources.Dataset | None = None
+) -> dict[str, dict[str, Any]]:
+  """Trains (or reuses) every teacher of ``config``; returns their metadata by name.
+
+  Args:
+    config: run config.
+    dataset: the loaded dataset (loaded from ``config.data`` when None).
+
+  Returns:
+    ``{architecture: metadata}`` for every teacher, in config order.
+  """
+  names = config_lib.teacher_names(config)
+  dataset = sources.load_from_config(config.data) if dataset is None else dataset
+  workdir = config_lib.workdir(config)
+  mesh = train.data_mesh()
+  results = {}
+  for name in names:
+    directory = teacher_dir(workdir, name)
+    identity = expected_teacher(config, dataset.info, name)
+    if checkpoint.teacher_exists(directory):
+      meta = checkpoint.read_teacher_metadata(directory)
+      checkpoint.check_teacher_metadata(meta, identity, directory)
+      print(
+        f"[{name}] found a finished teacher in {directory} (test top-1 "
+        f"{100 * meta['test_accuracy']:.2f}%): not retraining",
+        flush=True,
+      )
+      results[name] = meta
+      continue
+    results[name] = train_teacher(config, dataset, name, directory, mesh)
+  return results
+
+
+def _print_table(results: dict[str, dict[str, Any]], info: sources.DatasetInfo) -> None:
+  print(
+    f"\nTeachers on {info.name} ({info.num_classes} classes, "
+    f"{info.image_shape[0]}x{info.image_shape[1]}):"
+  )
+  print(f"  {'architecture':<20} {'width':>6} {'test top-1':>11} {'train time':>11}")
+  for name, meta in results.items():
+    seconds = meta.get("train_seconds")
+    print(
+      f"  {name:<20} {meta['width']:>6.3g} {100 * meta['test_accuracy']:>10.2f}% "
+      f"{_fmt_time(seconds) if seconds is not None else '-':>11}"
+    )
+
+
+def main(config: ml_collections.ConfigDict) -> None:
+  """Entry point: squeeze every teacher, print a table, write ``teachers.json``."""
+  dataset = sources.load_from_config(config.data)
+  print(
+    f"devices: {jax.device_count()} x {jax.devices()[0].platform}; dataset {dataset.info.name}"
+    f": {dataset.info.num_train} train / {dataset.info.num_test} test images",
+    flush=True,
+  )
+  results = squeeze(config, dataset)
+  _print_table(results, dataset.info)
+  path = os.path.join(config_lib.workdir(config), "teachers.json")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(results, f, indent=2)
+  os.replace(tmp, path)  # atomic: a reader never sees half a file
+
+
+if __name__ == "__main__":
+  from infer_jax import cli
+
+  cli.run(main)

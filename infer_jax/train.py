@@ -1,0 +1,203 @@
+"""Supervised training of a classifier with BatchNorm: state, optimiser, steps, evaluation.
+
+Used by the squeeze stage to train teachers (and reusable for students). Data-parallel
+by construction: the batch is sharded over a one-axis device mesh ('data') and the
+state replicated; ``jax.jit`` sees the global batch, so BatchNorm statistics are those
+of the whole batch with no ``pmean`` in sight.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from infer_jax.data.pipeline import normalize
+
+PyTree = Any
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything that changes during training (a pytree; checkpointed as is).
+
+  Attributes:
+    step: int32 scalar, optimiser steps taken.
+    params: model parameters.
+    batch_stats: BatchNorm running statistics.
+    opt_state: optax state.
+  """
+
+  step: jax.Array
+  params: PyTree
+  batch_stats: PyTree
+  opt_state: PyTree
+
+
+def data_mesh(devices=None) -> Mesh:
+  """A one-axis mesh named 'data' over all (or the given) devices."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), ("data",))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Sharding of a batch: leading axis split over 'data'."""
+  return NamedSharding(mesh, P("data"))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """Sharding of replicated values (parameters, optimiser state)."""
+  return NamedSharding(mesh, P())
+
+
+def sgd_optimizer(
+  *,
+  lr: float,
+  momentum: float,
+  nesterov: bool,
+  weight_decay: float,
+  total_steps: int,
+  warmup_steps: int = 0,
+) -> optax.GradientTransformation:
+  """SGD with momentum, PyTorch-style coupled weight decay and a cosine schedule.
+
+  Weight decay is added to the gradient before momentum, for every parameter (BatchNorm
+  and biases included), as ``torch.optim.SGD(weight_decay=...)`` does; the learning rate
+  decays from ``lr`` to 0 along a cosine over ``total_steps`` after a linear warm-up.
+  """
+  if warmup_steps > 0:
+    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, max(total_steps, 1))
+  else:
+    schedule = optax.cosine_decay_schedule(lr, max(total_steps, 1))
+  return optax.chain(
+    optax.add_decayed_weights(weight_decay),
+    optax.sgd(schedule, momentum=momentum or None, nesterov=nesterov),
+  )
+
+
+def create_train_state(
+  model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, image_shape, mesh: Mesh
+) -> TrainState:
+  """Initialises parameters, BatchNorm statistics and optimiser state, replicated on ``mesh``.
+
+  Args:
+    model: Flax classifier.
+    tx: optimiser.
+    rng: PRNG key for parameter initialisation.
+    image_shape: ``(H, W, 3)``.
+    mesh: device mesh; the state is replicated over it.
+  """
+
+  @functools.partial(jax.jit, out_shardings=replicated(mesh))
+  def init(rng):
+    variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    params = variables["params"]
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      batch_stats=variables.get("batch_stats", {}),
+      opt_state=tx.init(params),
+    )
+
+  return init(rng)
+
+
+def make_train_step(
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  *,
+  mean,
+  std,
+  label_smoothing: float = 0.0,
+  seed: int = 0,
+):
+  """Builds the jitted training step ``(state, batch) -> (state, metrics)``.
+
+  The step normalises uint8 images on device, runs the model in training mode (batch
+  statistics, running statistics updated), takes cross-entropy with optional label
+  smoothing, and applies ``tx``. The dropout key is ``fold_in(key(seed), step)``, so a
+  resumed run draws exactly what an uninterrupted one would.
+
+  Args:
+    model: Flax classifier.
+    tx: optimiser.
+    mean, std: per-channel normalisation (3 floats each).
+    label_smoothing: label smoothing of the cross-entropy.
+    seed: base seed of stochastic layers.
+
+  Returns:
+    ``step(state, batch)`` with ``batch = {'image': uint8 [B,H,W,3], 'label': int [B]}``;
+    metrics ``{'loss': [], 'accuracy': []}`` (batch means).
+  """
+  mean = tuple(float(m) for m in mean)
+  std = tuple(float(s) for s in std)
+  base_key = jax.random.key(seed)
+
+  def loss_fn(params, batch_stats, images, labels, rng):
+    logits, updates = model.apply(
+      {"params": params, "batch_stats": batch_stats},
+      images,
+      train=True,
+      mutable=["batch_stats"],
+      rngs={"dropout": rng},
+    )
+    logits = logits.astype(jnp.float32)
+    num_classes = logits.shape[-1]
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+    loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+    return loss, (updates["batch_stats"], accuracy)
+
+  @functools.partial(jax.jit, donate_argnums=(0,))
+  def step(state: TrainState, batch: Mapping[str, jax.Array]):
+    images = normalize(batch["image"], mean, std)
+    rng = jax.random.fold_in(base_key, state.step)
+    (loss, (batch_stats, accuracy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params, state.batch_stats, images, batch["label"], rng
+    )
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(
+      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+    )
+    return new_state, {"loss": loss, "accuracy": accuracy}
+
+  return step
+
+
+def make_eval_step(model: nn.Module, *, mean, std):
+  """Builds the jitted ``(variables, batch) -> (correct, count)`` for masked batches.
+
+  ``batch = {'image': uint8 [B,H,W,3], 'label': int [B], 'mask': bool [B]}``; padding
+  examples (mask False) are not counted.
+  """
+  mean = tuple(float(m) for m in mean)
+  std = tuple(float(s) for s in std)
+
+  @jax.jit
+  def eval_step(variables, batch):
+    logits = model.apply(variables, normalize(batch["image"], mean, std), train=False)
+    correct = (jnp.argmax(logits, -1) == batch["label"]) & batch["mask"]
+    return jnp.sum(correct), jnp.sum(batch["mask"])
+
+  return eval_step
+
+
+def evaluate(eval_step, variables: PyTree, batches: Iterable[Mapping[str, jax.Array]]) -> float:
+  """Top-1 accuracy in [0, 1] of ``variables`` over every batch of ``batches``."""
+  correct, count = 0, 0
+  for batch in batches:
+    c, n = eval_step(variables, batch)
+    correct += int(c)
+    count += int(n)
+  if count == 0:
+    raise ValueError("evaluate() got no examples.")
+  return correct / count
