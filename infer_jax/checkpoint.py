@@ -177,7 +177,10 @@ def _final_dir(directory: str) -> str:
 def teacher_exists(directory: str) -> bool:
   """True if ``directory`` holds a finished (committed) teacher."""
   path = _final_dir(directory)
-  return os.path.isdir(path) and _manager(path).latest_step() is not None
+  if not os.path.isdir(path):
+    return False
+  with _manager(path) as mngr:
+    return mngr.latest_step() is not None
 
 
 def read_teacher_metadata(directory: str) -> dict:
@@ -192,8 +195,8 @@ def read_teacher_metadata(directory: str) -> dict:
       f"{_final_dir(directory)}/<step>). Train it with `python -m "
       "infer_jax.squeeze` or point the config at the right directory."
     )
-  mngr = _manager(_final_dir(directory))
-  meta = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+  with _manager(_final_dir(directory)) as mngr:
+    meta = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
   return dict(meta.meta)
 
 
@@ -240,15 +243,14 @@ def save_teacher(directory: str, variables: PyTree, metadata: Mapping[str, Any])
       f"A finished teacher already exists in {directory}; delete it first to replace it."
     )
   variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
-  mngr = _manager(_final_dir(directory), max_to_keep=None)
-  mngr.save(
-    0,
-    args=ocp.args.Composite(
-      variables=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(dict(metadata))
-    ),
-  )
-  mngr.wait_until_finished()
-  mngr.close()
+  with _manager(_final_dir(directory), max_to_keep=None) as mngr:
+    mngr.save(
+      0,
+      args=ocp.args.Composite(
+        variables=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(dict(metadata))
+      ),
+    )
+    mngr.wait_until_finished()
 
 
 def build_teacher_model(metadata: Mapping[str, Any], dtype: Any = jnp.float32) -> nn.Module:
@@ -296,11 +298,11 @@ def load_teacher(
       f"The teacher in {directory} names an architecture this version cannot build: {e}"
     ) from e
   target = abstract_variables(model, meta["image_shape"])
-  mngr = _manager(_final_dir(directory))
   try:
-    restored = mngr.restore(
-      mngr.latest_step(), args=ocp.args.Composite(variables=ocp.args.StandardRestore(target))
-    )
+    with _manager(_final_dir(directory)) as mngr:
+      restored = mngr.restore(
+        mngr.latest_step(), args=ocp.args.Composite(variables=ocp.args.StandardRestore(target))
+      )
   except (ValueError, KeyError, TypeError) as e:
     raise InputError(
       f"The arrays of the teacher in {directory} do not fit the "

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from absl import app
+from absl import app, logging
 from ml_collections import config_flags
 
 from infer_jax.errors import InputError
@@ -80,6 +80,10 @@ def run(main: Callable[..., None]) -> None:
 
   def absl_main(argv):
     del argv
+    if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
+      # absl logs at INFO by default, which buries progress lines under backend-probing
+      # and Orbax chatter; --verbosity=0 brings it back.
+      logging.set_verbosity(logging.WARNING)
     try:
       main(CONFIG.value)
     except InputError as e:

@@ -1,0 +1,150 @@
+"""The squeeze stage end to end on the digits: train, reuse, resume after SIGKILL, errors."""
+
+import importlib.util
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import pytest
+
+from infer_jax import checkpoint, squeeze
+from infer_jax.errors import InputError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(workdir, teachers="resnet_tiny", epochs=3, **squeeze_overrides):
+  spec = importlib.util.spec_from_file_location("tiny", os.path.join(REPO, "configs", "tiny.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config()
+  c.workdir = str(workdir)
+  c.teachers = teachers
+  c.squeeze.epochs = epochs
+  c.squeeze.log_every_steps = 1000
+  for k, v in squeeze_overrides.items():
+    c.squeeze[k] = v
+  return c
+
+
+def run_cli(*args, timeout=300):
+  return subprocess.run(
+    [sys.executable, "-m", "infer_jax.squeeze", *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+
+
+def test_squeeze_trains_then_reuses(tmp_path, capsys):
+  c = tiny_config(tmp_path, epochs=4)
+  results = squeeze.squeeze(c)
+  meta = results["resnet_tiny"]
+  assert meta["test_accuracy"] > 0.5, meta  # chance is 0.1
+  teacher_dir = squeeze.teacher_dir(str(tmp_path), "resnet_tiny")
+  assert not os.path.exists(os.path.join(teacher_dir, "train"))  # removed once final
+  teacher = checkpoint.load_teacher(teacher_dir)
+  for key in (
+    "architecture",
+    "dataset",
+    "num_classes",
+    "image_shape",
+    "mean",
+    "std",
+    "test_accuracy",
+    "source",
+  ):
+    assert key in teacher.metadata
+  assert teacher.metadata["dataset"] == "digits" and teacher.metadata["num_classes"] == 10
+  capsys.readouterr()
+  again = squeeze.squeeze(c)
+  assert "not retraining" in capsys.readouterr().out
+  assert again["resnet_tiny"]["test_accuracy"] == meta["test_accuracy"]
+
+
+def test_a_teacher_of_another_setting_is_refused_and_kept(tmp_path):
+  squeeze.squeeze(tiny_config(tmp_path, epochs=1))
+  before = checkpoint.load_teacher(squeeze.teacher_dir(str(tmp_path), "resnet_tiny"))
+  other = tiny_config(tmp_path, epochs=1)
+  other.data.image_size = 16  # another image shape, same workdir
+  with pytest.raises(InputError, match="image_shape"):
+    squeeze.squeeze(other)
+  after = checkpoint.load_teacher(squeeze.teacher_dir(str(tmp_path), "resnet_tiny"))
+  chex.assert_trees_all_equal(before.variables, after.variables)
+
+
+def _final_params(workdir):
+  return checkpoint.load_teacher(squeeze.teacher_dir(str(workdir), "resnet_tiny")).variables
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_resumes_to_the_uninterrupted_result(tmp_path):
+  epochs, every = 30, 20  # 660 steps: long enough to kill it mid-way
+  overrides = [
+    f"--config.squeeze.epochs={epochs}",
+    f"--config.squeeze.checkpoint_every_steps={every}",
+    "--config.teachers=resnet_tiny",
+    "--config.squeeze.log_every_steps=1000",
+  ]
+  killed = tmp_path / "killed"
+  train_dir = killed / "teachers" / "resnet_tiny" / "train"
+  proc = subprocess.Popen(
+    [
+      sys.executable,
+      "-m",
+      "infer_jax.squeeze",
+      "--config=configs/tiny.py",
+      f"--config.workdir={killed}",
+      *overrides,
+    ],
+    cwd=REPO,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    steps = [d for d in os.listdir(train_dir) if d.isdigit()] if train_dir.exists() else []
+    if len(steps) >= 1:
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "the run finished before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  final = killed / "teachers" / "resnet_tiny" / "final"
+  assert not final.exists(), "killed after the teacher was finished: nothing to resume"
+
+  resumed = run_cli("--config=configs/tiny.py", f"--config.workdir={killed}", *overrides)
+  assert resumed.returncode == 0, resumed.stderr
+  assert "resuming from step" in resumed.stdout
+
+  c = tiny_config(tmp_path / "straight", epochs=epochs, checkpoint_every_steps=every)
+  squeeze.squeeze(c)
+  # Same machine, same seed: bit-for-bit the uninterrupted teacher.
+  chex.assert_trees_all_equal(_final_params(killed), _final_params(tmp_path / "straight"))
+
+
+@pytest.mark.parametrize(
+  "args,message",
+  [
+    (["--config.squeeze.epochz=3"], "Unknown config key 'squeeze.epochz'.*squeeze.epochs"),
+    (["--config.teachers=resnet19"], "Unknown teacher architecture.*resnet18"),
+    (["--config.data.source=npz", "--config.data.path=/nonexistent/x.npz"], "/nonexistent/x.npz"),
+    (["--config.data.source=imagenett"], "imagenett"),
+  ],
+)
+def test_cli_errors_are_clear(tmp_path, args, message):
+  result = run_cli("--config=configs/tiny.py", f"--config.workdir={tmp_path}", *args)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "\nerror: " in "\n" + result.stderr, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  assert re.search(message, result.stderr), result.stderr
+
+
+def test_cli_missing_config_file(tmp_path):
+  result = run_cli("--config=configs/nope.py")
+  assert result.returncode == 2 and "configs/nope.py" in result.stderr and "exist" in result.stderr
