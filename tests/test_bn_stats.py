@@ -196,3 +196,48 @@ def test_errors():
   no_bn = NoBN()
   with pytest.raises(ValueError, match="no BatchNorm"):
     bn_stats.bn_layer_order(no_bn, no_bn.init(jax.random.key(0), jnp.zeros((1, 4))), (1, 4))
+
+
+ZOO_TINY = [
+  "resnet_tiny",
+  "mobilenetv2_tiny",
+  "efficientnet_tiny",
+  "shufflenet_g2_tiny",
+  "shufflenetv2_tiny",
+  "convnet_tiny",
+]
+
+
+@pytest.mark.parametrize("name", ZOO_TINY)
+def test_zoo_capture_agrees_with_flax_batchnorm(name):
+  """On every family: in training mode, the captured input moments are exactly the batch
+  statistics Flax's BatchNorm folds into its running averages."""
+  from infer_jax import models
+  from infer_jax.models.common import BN_MOMENTUM
+
+  model = models.create_model(name, 10)
+  x = jax.random.normal(jax.random.key(1), (6, 8, 8, 3))
+  v = jax.jit(lambda k: model.init(k, x[:1], train=False))(jax.random.key(0, impl="rbg"))
+  rngs = {"dropout": jax.random.key(2)}
+
+  @jax.jit
+  def run(v, x):
+    _, updates = model.apply(v, x, train=True, mutable=["batch_stats"], rngs=rngs)
+    _, stats = bn_stats.capture_bn_statistics(model, v, x, train=True, rngs=rngs)
+    return updates["batch_stats"], stats
+
+  new_running, stats = run(v, x)
+  old = traverse_util.flatten_dict(v["batch_stats"])
+  new = traverse_util.flatten_dict(new_running)
+  captured = traverse_util.flatten_dict(stats)
+  assert captured, "no BatchNorm statistics captured"
+  for key, value in captured.items():
+    # running <- m * running + (1 - m) * batch statistic (Flax: biased variance).
+    batch_stat = (new[key] - BN_MOMENTUM * old[key]) / (1 - BN_MOMENTUM)
+    np.testing.assert_allclose(value, batch_stat, rtol=2e-3, atol=2e-4, err_msg=str(key))
+  # Every layer that ran is captured; a layer that never runs (EfficientNet's first-block
+  # expansion, created only to mirror the reference's parameters) is not.
+  ran = {k for k in old if not np.array_equal(old[k], new[k])}
+  assert ran <= set(captured)
+  order = bn_stats.bn_layer_order(model, v, x.shape)
+  assert {p + ("mean",) for p in order} == {k for k in captured if k[-1] == "mean"}
