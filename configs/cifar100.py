@@ -13,16 +13,11 @@ from infer_jax import config_lib
 
 
 def get_config():
-  c = config_lib.base_config()
+  c = config_lib.base_config()  # teachers and the SGD recipe of ALGORITHM.md
   c.name = "cifar100"
   c.data.source = "cifar100"  # the official python archive (directory or .tar.gz)
   c.data.path = "data/cifar-100-python.tar.gz"
   c.data.name = "cifar100"
-  c.teachers = "resnet18,mobilenetv2,efficientnet_b0,shufflenet_g2"
-  c.squeeze.epochs = 200
-  c.squeeze.batch_size = 128
-  c.squeeze.lr = 0.1
-  c.squeeze.weight_decay = 5e-4
   c.squeeze.checkpoint_every_steps = 1000
   c.squeeze.log_every_steps = 100
   return c

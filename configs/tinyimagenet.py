@@ -14,17 +14,12 @@ from infer_jax import config_lib
 
 
 def get_config():
-  c = config_lib.base_config()
+  c = config_lib.base_config()  # teachers and the SGD recipe of ALGORITHM.md
   c.name = "tinyimagenet"
   c.data.source = "tinyimagenet"
   c.data.path = "data/tiny-imagenet-200"
   c.data.name = "tinyimagenet"
-  c.teachers = "resnet18,mobilenetv2,efficientnet_b0,shufflenet_g2"
   c.stem = "cifar"
-  c.squeeze.epochs = 200
-  c.squeeze.batch_size = 128
-  c.squeeze.lr = 0.1
-  c.squeeze.weight_decay = 5e-4
   c.squeeze.augment = "rrc_flip"
   c.squeeze.checkpoint_every_steps = 1000
   c.squeeze.log_every_steps = 100
