@@ -153,7 +153,12 @@ def train_teacher(
       )
       window_start, window_steps = now, 0
     if step % sq.checkpoint_every_steps == 0 and step < total_steps:
+      jax.block_until_ready(state)  # see the note below the loop
       ckpt.save(step, state, iterator.get_state(), meta)
+  # Finish every dispatched step before another program runs on the devices: XLA:CPU may
+  # interleave two in-flight multi-device programs that both contain all-reduces
+  # differently on different devices and deadlock (seen with 8 host-platform devices).
+  jax.block_until_ready(state)
   ckpt.close()
 
   variables = {"params": state.params, "batch_stats": state.batch_stats}
