@@ -148,3 +148,26 @@ def test_cli_errors_are_clear(tmp_path, args, message):
 def test_cli_missing_config_file(tmp_path):
   result = run_cli("--config=configs/nope.py")
   assert result.returncode == 2 and "configs/nope.py" in result.stderr and "exist" in result.stderr
+
+
+@pytest.mark.shared_data
+def test_squeeze_on_real_cifar10_images(shared_data, tmp_path):
+  """The real-data path: prepare.py's npz of real CIFAR-10 images, 32x32, CIFAR stems."""
+  subprocess.run(
+    [sys.executable, str(shared_data / "prepare.py"), "cifar10-fixture", str(tmp_path / "data")],
+    check=True,
+    capture_output=True,
+  )
+  c = tiny_config(tmp_path / "work", epochs=2)
+  c.data.source = "npz"
+  c.data.path = str(tmp_path / "data" / "cifar10-fixture.npz")
+  c.squeeze.crop_padding = 4
+  meta = squeeze.squeeze(c)["resnet_tiny"]
+  assert meta["image_shape"] == [32, 32, 3] and meta["num_classes"] == 10
+  assert meta["dataset"] == "cifar10-fixture" and meta["stem"] == "cifar"
+  assert 0.0 <= meta["test_accuracy"] <= 1.0  # 200 training images: no accuracy claim
+  teacher = checkpoint.load_teacher(
+    squeeze.teacher_dir(str(tmp_path / "work"), "resnet_tiny"),
+    expected={"image_shape": (32, 32, 3)},
+  )
+  assert teacher.metadata["label_names"][0] == "airplane"
