@@ -1,0 +1,446 @@
+"""Recover: optimise the synthetic parameters of all K subsets against one teacher at once.
+
+One parameterisation serves both methods that recover images from a teacher:
+
+* ``compensator`` (INFER): subset k holds real images ``x_k [C, H, W, 3]`` and ONE shared
+  compensator ``u_k [1, H, W, 3]``, zero-initialised; the teacher sees ``x_k + u_k``.
+* ``class_specific`` (SRe2L-style baseline): no real images (base 0) and one free image
+  per class ``u_k [C, H, W, 3]``, initialised from a standard normal.
+
+In both, the synthetic batch of subset k is ``base_k + params_k`` (broadcast over the C
+classes when params_k has one row), everything lives in the dataset's normalised space,
+and the loss is INFER's ``CE + r_bn * BN-matching`` with the teacher in inference mode
+(:func:`infer_jax.bn_stats.teacher_loss`). Each step draws one augmentation per subset
+(a cyclic roll, optionally after a random resized crop and flip), computes every
+subset's gradient with ``jax.vmap`` (each subset's BN statistics over its own C images)
+and applies Adam(b1=0.5, b2=0.9) with a cosine-decayed learning rate. Adam is
+element-wise, so one optimiser over the stacked ``[K, ...]`` parameters is exactly K
+independent optimisers. The subset axis is sharded over the devices of a one-axis mesh
+(K padded to a multiple of the device count; the padding is dropped from the result).
+
+Progress is checkpointed with Orbax every ``checkpoint_every`` iterations; the random
+draws are pure functions of (seed, teacher index, iteration), so a run killed at any
+point and resumed ends with bit-for-bit the parameters of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from infer_jax import bn_stats, checkpoint
+from infer_jax.errors import InputError
+
+PARAMETERISATIONS = ("compensator", "class_specific")
+AUGMENTS = ("roll", "rrc_flip_roll", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecoverConfig:
+  """Recover hyper-parameters (ALGORITHM.md, "Recover" and "Recipes").
+
+  Attributes:
+    iterations: optimisation steps per teacher.
+    lr: Adam learning rate, cosine-decayed to 0 over ``iterations`` (no warm-up).
+    r_bn: weight of the BN-matching term.
+    first_bn_multiplier: weight of the first BatchNorm layer's term.
+    jitter: maximal cyclic shift (pixels) of the roll augmentation.
+    augment: 'roll' (CIFAR), 'rrc_flip_roll' (Tiny-ImageNet / ImageNet) or 'none'.
+    rrc_scale: area range of the random resized crop.
+    parameterisation: 'compensator' (INFER) or 'class_specific' (SRe2L-style).
+    checkpoint_every: iterations between Orbax checkpoints (0: never).
+    log_every: iterations between progress lines (0: never).
+    seed: base seed of the augmentation draws and of noise initialisation.
+  """
+
+  iterations: int = 1000
+  lr: float = 0.25
+  r_bn: float = 1.0
+  first_bn_multiplier: float = 10.0
+  jitter: int = 4
+  augment: str = "roll"
+  rrc_scale: tuple[float, float] = (0.08, 1.0)
+  parameterisation: str = "compensator"
+  checkpoint_every: int = 100
+  log_every: int = 100
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.parameterisation not in PARAMETERISATIONS:
+      raise InputError(
+        f"recover parameterisation must be one of {PARAMETERISATIONS}, got "
+        f"{self.parameterisation!r}."
+      )
+    if self.augment not in AUGMENTS:
+      raise InputError(f"recover augment must be one of {AUGMENTS}, got {self.augment!r}.")
+    if self.iterations < 1 or self.lr <= 0 or self.jitter < 0:
+      raise InputError(
+        f"recover needs iterations >= 1, lr > 0 and jitter >= 0; got "
+        f"{self.iterations}, {self.lr}, {self.jitter}."
+      )
+
+  @classmethod
+  def from_config(cls, cfg: Any, **overrides: Any) -> RecoverConfig:
+    """Builds from a ConfigDict/mapping holding (some of) the field names."""
+    items = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kw = {k: (tuple(v) if k == "rrc_scale" else v) for k, v in items.items() if k in fields}
+    kw.update(overrides)
+    return cls(**kw)
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def roll(key: jax.Array, x: jax.Array, jitter: int) -> jax.Array:
+  """Cyclic shift of a whole subset by (dy, dx), each uniform in {0, ..., jitter}.
+
+  Args:
+    key: PRNG key (one draw for the subset).
+    x: ``[C, H, W, 3]``.
+    jitter: maximal shift.
+
+  Returns:
+    ``[C, H, W, 3]``, rolled along H and W.
+  """
+  dy, dx = jax.random.randint(key, (2,), 0, jitter + 1)
+  return jnp.roll(x, (dy, dx), axis=(1, 2))
+
+
+def random_resized_crop_flip(
+  key: jax.Array,
+  x: jax.Array,
+  scale: tuple[float, float] = (0.08, 1.0),
+  ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> jax.Array:
+  """Differentiable random resized crop + horizontal flip, one draw for the subset.
+
+  The crop (area fraction in ``scale``, log-uniform aspect ratio in ``ratio``, clamped to
+  the image) is resized back to ``H x W`` bilinearly with ``jax.image.scale_and_translate``,
+  so gradients flow to the input.
+
+  Args:
+    key: PRNG key.
+    x: ``[C, H, W, 3]``.
+    scale: area fraction range.
+    ratio: aspect-ratio range (w / h).
+
+  Returns:
+    ``[C, H, W, 3]``.
+  """
+  _, h, w, _ = x.shape
+  k_area, k_ratio, k_top, k_left, k_flip = jax.random.split(key, 5)
+  area = h * w * jax.random.uniform(k_area, (), minval=scale[0], maxval=scale[1])
+  log_r = jax.random.uniform(k_ratio, (), minval=np.log(ratio[0]), maxval=np.log(ratio[1]))
+  aspect = jnp.exp(log_r)
+  crop_w = jnp.clip(jnp.sqrt(area * aspect), 1.0, w)
+  crop_h = jnp.clip(jnp.sqrt(area / aspect), 1.0, h)
+  top = jax.random.uniform(k_top, ()) * (h - crop_h)
+  left = jax.random.uniform(k_left, ()) * (w - crop_w)
+  sy, sx = h / crop_h, w / crop_w
+  out = jax.image.scale_and_translate(
+    x,
+    x.shape,
+    spatial_dims=(1, 2),
+    scale=jnp.stack([sy, sx]),
+    translation=jnp.stack([-top * sy, -left * sx]),
+    method="linear",
+    antialias=False,
+  )
+  flip = jax.random.bernoulli(k_flip)
+  return jnp.where(flip, out[:, :, ::-1], out)
+
+
+def augment(key: jax.Array, x: jax.Array, cfg: RecoverConfig) -> jax.Array:
+  """The per-step recover augmentation of one subset ``x [C, H, W, 3]``."""
+  if cfg.augment == "none":
+    return x
+  k_crop, k_roll = jax.random.split(key)
+  if cfg.augment == "rrc_flip_roll":
+    x = random_resized_crop_flip(k_crop, x, cfg.rrc_scale)
+  return roll(k_roll, x, cfg.jitter)
+
+
+# --------------------------------------------------------------------------- the step
+
+
+def init_params(
+  cfg: RecoverConfig, num_subsets: int, num_classes: int, image_shape, teacher_index: int
+) -> np.ndarray:
+  """Initial synthetic parameters.
+
+  Returns:
+    float32 ``[K, 1, H, W, 3]`` zeros (compensator) or ``[K, C, H, W, 3]`` standard normal
+    noise (class_specific; seeded by (seed, teacher_index)).
+  """
+  if cfg.parameterisation == "compensator":
+    return np.zeros((num_subsets, 1, *image_shape), np.float32)
+  rng = np.random.default_rng([cfg.seed, teacher_index])
+  return rng.standard_normal((num_subsets, num_classes, *image_shape)).astype(np.float32)
+
+
+def optimizer(cfg: RecoverConfig) -> optax.GradientTransformation:
+  """Adam(b1=0.5, b2=0.9, eps=1e-8) with lr cosine-decayed from ``cfg.lr`` to 0."""
+  schedule = optax.cosine_decay_schedule(cfg.lr, cfg.iterations)
+  return optax.adam(schedule, b1=0.5, b2=0.9, eps=1e-8)
+
+
+def subset_loss(
+  model, variables, params_k, base_k, labels_k, key, cfg: RecoverConfig, first_layer
+) -> tuple[jax.Array, dict]:
+  """Loss of one subset: ``teacher_loss(A(base_k + params_k), labels_k)``.
+
+  Args:
+    params_k: ``[1 or C, H, W, 3]`` synthetic parameters of the subset.
+    base_k: ``[C, H, W, 3]`` normalised real images (zeros for class_specific).
+    labels_k: ``[C]`` int labels.
+    key: PRNG key of this subset's augmentation draw.
+
+  Returns:
+    ``(loss, {'ce', 'bn'})`` scalars.
+  """
+  x = augment(key, base_k + params_k, cfg)
+  loss, aux = bn_stats.teacher_loss(
+    model,
+    variables,
+    x,
+    labels_k,
+    r_bn=cfg.r_bn,
+    first_layer=first_layer,
+    first_multiplier=cfg.first_bn_multiplier,
+  )
+  return loss, {"ce": aux["ce"], "bn": aux["bn"]}
+
+
+def make_step(model, cfg: RecoverConfig, first_layer, tx: optax.GradientTransformation) -> Callable:
+  """The jitted all-subsets step ``(variables, params, opt_state, base, labels, keys)``.
+
+  Args:
+    model: teacher module.
+    cfg: recover config.
+    first_layer: path of the teacher's first BatchNorm layer.
+    tx: the optimiser.
+
+  Returns:
+    ``step(variables, params [K,P,H,W,3], opt_state, base [K,C,H,W,3], labels [K,C],
+    keys [K]) -> (params, opt_state, {'loss','ce','bn'} each [K])``.
+  """
+
+  def all_losses(params, variables, base, labels, keys):
+    losses, aux = jax.vmap(
+      lambda p, b, y, k: subset_loss(model, variables, p, b, y, k, cfg, first_layer)
+    )(params, base, labels, keys)
+    # Subsets are independent, so the gradient of the sum is each subset's own gradient.
+    return jnp.sum(losses), (losses, aux)
+
+  def step(variables, params, opt_state, base, labels, keys):
+    grads, (losses, aux) = jax.grad(all_losses, has_aux=True)(params, variables, base, labels, keys)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return params, opt_state, {"loss": losses, **aux}
+
+  # Shardings come from the inputs: the caller places the [K, ...] arrays on a
+  # NamedSharding over the subset axis and the teacher variables replicated; XLA keeps
+  # every per-subset array on its device (the subsets never communicate).
+  return jax.jit(step, donate_argnums=(1, 2))
+
+
+def step_keys(cfg: RecoverConfig, teacher_index: int, iteration: int, k: int) -> jax.Array:
+  """The K augmentation keys of one iteration: a pure function of (seed, teacher, it)."""
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), teacher_index), iteration)
+  return jax.random.split(key, k)
+
+
+def clip_to_image(x: jax.Array | np.ndarray, mean, std):
+  """Clips normalised images to the normalised image of [0, 1], per channel.
+
+  Args:
+    x: ``[..., 3]`` normalised images.
+    mean, std: per-channel normalisation.
+  """
+  mean = np.asarray(mean, np.float32)
+  std = np.asarray(std, np.float32)
+  xp = np if isinstance(x, np.ndarray) else jnp
+  return xp.clip(x, -mean / std, (1 - mean) / std)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _pad_subsets(a: np.ndarray, multiple: int) -> np.ndarray:
+  """Pads the leading (subset) axis to a multiple by repeating the first subset."""
+  pad = -len(a) % multiple
+  return np.concatenate([a, np.repeat(a[:1], pad, axis=0)]) if pad else a
+
+
+def recover_teacher(
+  teacher: checkpoint.Teacher,
+  base: np.ndarray,
+  labels: np.ndarray,
+  cfg: RecoverConfig,
+  *,
+  teacher_index: int,
+  directory: str | None = None,
+  mesh: Mesh | None = None,
+  log: Callable[[str], None] = print,
+) -> np.ndarray:
+  """Optimises the synthetic parameters of all subsets against one teacher.
+
+  Args:
+    teacher: the teacher (inference mode is used).
+    base: float32 ``[K, C, H, W, 3]`` normalised real images (zeros for class_specific).
+    labels: int ``[K, C]`` labels of the synthetic images.
+    cfg: recover config.
+    teacher_index: position of the teacher (seeds its draws; names nothing on disk).
+    directory: where progress is checkpointed; None disables checkpointing.
+    mesh: device mesh for the subset axis; default all devices.
+    log: progress printer.
+
+  Returns:
+    float32 ``[K, P, H, W, 3]`` optimised parameters (P = 1 for compensators, C otherwise).
+
+  Raises:
+    InputError: the loss became non-finite (nothing of that state is saved).
+  """
+  mesh = mesh if mesh is not None else Mesh(np.asarray(jax.devices()), ("data",))
+  k, c = labels.shape
+  image_shape = base.shape[2:]
+  name = teacher.metadata["architecture"]
+  tx = optimizer(cfg)
+  params = init_params(cfg, k, c, image_shape, teacher_index)
+  padded_k = k + (-k % mesh.size)
+  shard = NamedSharding(mesh, P("data"))
+  repl = NamedSharding(mesh, P())
+  params = jax.device_put(_pad_subsets(params, mesh.size), shard)
+
+  def place(tree):
+    # Per-subset arrays split over devices, scalars (Adam's step count) replicated; also
+    # after an Orbax restore, which may bring scalars back on one device.
+    return jax.tree.map(lambda a: jax.device_put(a, shard if np.ndim(a) else repl), tree)
+
+  opt_state = place(tx.init(params))
+  start = 0
+  ckpt = checkpoint.TrainCheckpointer(directory) if directory and cfg.checkpoint_every else None
+  identity = {
+    "architecture": name,
+    "teacher_index": teacher_index,
+    "num_subsets": k,
+    "parameterisation": cfg.parameterisation,
+    "iterations": cfg.iterations,
+  }
+  if ckpt is not None:
+    restored = ckpt.restore_latest({"params": params, "opt_state": opt_state})
+    if restored is not None:
+      start, state, _, meta = restored
+      if meta != identity:
+        raise InputError(
+          f"The recover checkpoint in {directory} belongs to another run "
+          f"({meta} != {identity}); use a fresh --config.workdir."
+        )
+      params, opt_state = place(state["params"]), place(state["opt_state"])
+      log(f"[recover {name}] resuming at iteration {start}/{cfg.iterations}")
+  if start >= cfg.iterations:
+    if ckpt is not None:
+      ckpt.close()
+    return np.asarray(params)[:k]
+
+  first_layer = bn_stats.bn_layer_order(teacher.model, teacher.variables, (c, *image_shape))[0]
+  step = make_step(teacher.model, cfg, first_layer, tx)
+  variables = jax.device_put(teacher.variables, repl)
+  base_d = jax.device_put(_pad_subsets(base.astype(np.float32), mesh.size), shard)
+  labels_d = jax.device_put(_pad_subsets(labels.astype(np.int32), mesh.size), shard)
+
+  def check_finite(metrics, it):
+    loss = np.asarray(metrics["loss"])[:k]
+    if not np.all(np.isfinite(loss)):
+      raise InputError(
+        f"[recover {name}] the loss became non-finite at iteration {it} (subsets "
+        f"{np.flatnonzero(~np.isfinite(loss)).tolist()}): lower the recover lr "
+        f"(now {cfg.lr}) or r_bn (now {cfg.r_bn}). The last good checkpoint is kept."
+      )
+    return loss
+
+  t0 = time.perf_counter()
+  window = (t0, start)
+  metrics = None
+  for it in range(start, cfg.iterations):
+    keys = jax.device_put(step_keys(cfg, teacher_index, it, padded_k), shard)
+    params, opt_state, metrics = step(variables, params, opt_state, base_d, labels_d, keys)
+    done = it + 1
+    if it == start:
+      jax.block_until_ready(params)
+      log(
+        f"[recover {name}] compiled and ran the first iteration in {time.perf_counter() - t0:.1f}s"
+      )
+      window = (time.perf_counter(), done)
+    if cfg.log_every and done % cfg.log_every == 0:
+      loss = check_finite(metrics, done)
+      now = time.perf_counter()
+      rate = (done - window[1]) * k * c / max(now - window[0], 1e-9)
+      log(
+        f"[recover {name}] it {done}/{cfg.iterations} loss {loss.mean():.4f} "
+        f"ce {np.asarray(metrics['ce'])[:k].mean():.4f} "
+        f"bn {np.asarray(metrics['bn'])[:k].mean():.4f} {rate:.1f} img-it/s"
+      )
+      window = (now, done)
+    if ckpt is not None and (done % cfg.checkpoint_every == 0 or done == cfg.iterations):
+      check_finite(metrics, done)
+      jax.block_until_ready(params)
+      ckpt.save(done, {"params": params, "opt_state": opt_state}, {"iteration": done}, identity)
+  check_finite(metrics, cfg.iterations)
+  jax.block_until_ready(params)
+  if ckpt is not None:
+    ckpt.close()
+  return np.asarray(params)[:k]
+
+
+def compensated(base: np.ndarray, params: np.ndarray, mean, std) -> np.ndarray:
+  """The stored instances ``clip(base + params)`` (float32 ``[K, C, H, W, 3]``)."""
+  return clip_to_image(base.astype(np.float32) + params.astype(np.float32), mean, std)
+
+
+def recover_all(
+  teachers: list[checkpoint.Teacher],
+  base: np.ndarray,
+  labels: np.ndarray,
+  cfg: RecoverConfig,
+  *,
+  directory: str | None = None,
+  mesh: Mesh | None = None,
+  log: Callable[[str], None] = print,
+) -> np.ndarray:
+  """Runs :func:`recover_teacher` for each teacher, one after the other.
+
+  Args:
+    teachers: the M teachers.
+    base: float32 ``[K, C, H, W, 3]`` normalised real images (zeros for class_specific).
+    labels: int ``[K, C]``.
+    cfg: recover config.
+    directory: checkpoint root (one sub-directory per teacher); None: no checkpoints.
+    mesh: device mesh.
+    log: progress printer.
+
+  Returns:
+    float32 ``[K, M, H, W, 3]`` compensators (parameterisation 'compensator') or
+    ``[K, M, C, H, W, 3]`` class-specific images per teacher.
+  """
+  out = []
+  for m, teacher in enumerate(teachers):
+    sub = None
+    if directory:
+      sub = os.path.join(directory, f"{m}_{teacher.metadata['architecture']}")
+    params = recover_teacher(
+      teacher, base, labels, cfg, teacher_index=m, directory=sub, mesh=mesh, log=log
+    )
+    out.append(params[:, 0] if cfg.parameterisation == "compensator" else params)
+  return np.stack(out, axis=1)
