@@ -1,0 +1,754 @@
+"""The one on-disk format of synthetic sets, shared by every method (INFER, baselines).
+
+A :class:`SyntheticSet` holds K subsets. Subset k is one image per class (``images[k, c]``
+is the class-c image, uint8) and M compensators ``u_{k,m}`` (one per teacher, in the
+dataset's normalised space). The student sees ``K * (M + 1) * C`` instances: every image
+alone (m = 0) and every image plus every compensator of its subset, clipped to the
+normalised image of [0, 1]. Baselines are the special case M = 0 (no compensators).
+
+Instance order (used by :func:`materialize`, the stored labels and everything built on
+them) is k-major, then m, then c::
+
+    n = (k * (M + 1) + m) * C + c        m = 0: the real image; m >= 1: + u_{k, m-1}
+
+Files are single uncompressed ``.npz`` archives written atomically by :func:`save` and
+checked (structure, shapes, dtypes, sha256 of every array, expected metadata) by
+:func:`load`; ``docs/synthetic_format.md`` describes the layout and how to read it without
+this package. Byte accounting for the budget is :func:`storage_bytes`.
+
+Example::
+
+    s = synthetic.cast(s, compensator_dtype="bfloat16", label_dtype="float16")
+    synthetic.save("workdir/synthetic/infer.npz", s)
+    s = synthetic.load("workdir/synthetic/infer.npz", expected={"dataset": "cifar10"})
+    instances, soft_labels, hard_labels = synthetic.materialize(s)
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from infer_jax.errors import InputError
+
+FORMAT_VERSION = 1
+# Dtypes a compensator or label array may have; the names are what files and configs use.
+FLOAT_DTYPES: dict[str, np.dtype] = {
+  "float32": np.dtype(np.float32),
+  "float16": np.dtype(np.float16),
+  "bfloat16": np.dtype(ml_dtypes.bfloat16),
+}
+# Metadata keys every set must carry: they are needed to interpret its arrays.
+REQUIRED_METADATA = ("num_classes", "image_shape", "mean", "std", "K", "M")
+# Archive members: arrays of the set, the set's metadata and the format header.
+_ARRAYS = ("images", "source_indices", "compensators", "labels")
+_METADATA_MEMBER = "metadata"
+_HEADER_MEMBER = "format"
+# Rows materialised at once by the chunked paths (bounds the float32 temporaries).
+_CHUNK_ROWS = 4096
+
+
+# --------------------------------------------------------------------------- the set
+
+
+@dataclasses.dataclass
+class SyntheticSet:
+  """K subsets of one image per class plus M compensators per subset, and their labels.
+
+  Attributes:
+    images: uint8 ``[K, C, H, W, 3]``; ``images[k, c]`` is the class-c image of subset k.
+    source_indices: int64 ``[K, C]``; index of ``images[k, c]`` in the source training set,
+      -1 where the image was synthesised (e.g. SRe2L-style images).
+    compensators: ``[K, M, H, W, 3]`` in the dataset's normalised space (float32, float16 or
+      bfloat16); None when M == 0.
+    labels: static soft labels (the teachers' mean logits) ``[K, M + 1, C, num_classes]``
+      (float32, float16 or bfloat16): ``labels[k, 0, c]`` labels the real image,
+      ``labels[k, m + 1, c]`` labels ``clip(images[k, c] + u_{k, m})``. None = hard labels
+      only (the class index c).
+    metadata: JSON-able dict. Required: ``num_classes`` (== C), ``image_shape``
+      ``[H, W, 3]``, ``mean``/``std`` (3 floats each, for images scaled to [0, 1]), ``K``,
+      ``M``. Conventional: ``method`` ('infer' | 'infer_wo_ufc' | 'random' | 'sre2l' | ...),
+      ``dataset``, ``ipc``, ``teachers`` and ``teacher_accuracies``, ``config``, ``seed``.
+
+  Arrays are converted to numpy on construction (so jax arrays are accepted); nothing is
+  checked until :meth:`validate`, which :func:`save`, :func:`load` and :func:`materialize`
+  call.
+  """
+
+  images: np.ndarray
+  source_indices: np.ndarray
+  compensators: np.ndarray | None
+  labels: np.ndarray | None
+  metadata: dict
+
+  def __post_init__(self):
+    # np.asarray keeps the dtype (a jax bfloat16 array becomes an ml_dtypes one).
+    self.images = np.asarray(self.images)
+    self.source_indices = np.asarray(self.source_indices)
+    if self.compensators is not None:
+      self.compensators = np.asarray(self.compensators)
+    if self.labels is not None:
+      self.labels = np.asarray(self.labels)
+
+  @property
+  def K(self) -> int:  # The paper's names: K subsets, C classes, M teachers.
+    """Number of subsets."""
+    return int(self.images.shape[0])
+
+  @property
+  def C(self) -> int:
+    """Number of classes (images per subset)."""
+    return int(self.images.shape[1])
+
+  @property
+  def M(self) -> int:
+    """Compensators per subset (number of teachers); 0 without compensators."""
+    return 0 if self.compensators is None else int(self.compensators.shape[1])
+
+  @property
+  def num_instances(self) -> int:
+    """Instances the student sees: ``K * (M + 1) * C``."""
+    return self.K * (self.M + 1) * self.C
+
+  def validate(self) -> None:
+    """Checks shapes, dtypes and metadata agree with each other.
+
+    Raises:
+      InputError: naming the first inconsistency found.
+    """
+    md = self.metadata
+    if not isinstance(md, Mapping):
+      raise InputError(
+        f"Synthetic-set metadata must be a dict, got {type(md).__name__}. Pass a dict with "
+        f"at least the keys {list(REQUIRED_METADATA)}."
+      )
+    missing = [key for key in REQUIRED_METADATA if key not in md]
+    if missing:
+      raise InputError(
+        f"Synthetic-set metadata lacks the keys {missing}. Add them (num_classes, "
+        "image_shape [H, W, 3], mean and std of the dataset, K subsets, M compensators "
+        "per subset)."
+      )
+    _to_json(md)  # Raises InputError when something cannot be stored.
+    try:
+      num_classes = int(md["num_classes"])
+      image_shape = tuple(int(v) for v in md["image_shape"])
+      mean = [float(v) for v in md["mean"]]
+      std = [float(v) for v in md["std"]]
+      k, m = int(md["K"]), int(md["M"])
+    except (TypeError, ValueError) as e:
+      raise InputError(
+        f"Synthetic-set metadata has a malformed value ({e}): num_classes, K and M must be "
+        "integers, image_shape three integers, mean and std three floats."
+      ) from e
+    if len(image_shape) != 3 or image_shape[2] != 3 or min(image_shape) < 1:
+      raise InputError(
+        f"metadata image_shape is {list(image_shape)}; it must be [H, W, 3] (RGB). Use the "
+        "dataset's DatasetInfo.image_shape."
+      )
+    if len(mean) != 3 or len(std) != 3 or not all(np.isfinite(mean + std)) or min(std) <= 0:
+      raise InputError(
+        f"metadata mean {mean} / std {std} must be three finite floats each, std > 0. Use "
+        "the dataset's DatasetInfo.mean and .std."
+      )
+    if k < 1 or m < 0 or num_classes < 1:
+      raise InputError(
+        f"metadata K={k}, M={m}, num_classes={num_classes}: a set needs K >= 1 subsets, "
+        "M >= 0 compensators and at least one class."
+      )
+    h, w, _ = image_shape
+    want = (k, num_classes, h, w, 3)
+    if self.images.dtype != np.uint8 or self.images.shape != want:
+      raise InputError(
+        f"images is {self.images.dtype} {list(self.images.shape)}; metadata (K={k}, "
+        f"num_classes={num_classes}, image_shape={list(image_shape)}) needs uint8 "
+        f"{list(want)} [K, C, H, W, 3]. Fix the array or the metadata."
+      )
+    if self.source_indices.dtype != np.int64 or self.source_indices.shape != (k, num_classes):
+      raise InputError(
+        f"source_indices is {self.source_indices.dtype} {list(self.source_indices.shape)}; "
+        f"it must be int64 [K, C] = {[k, num_classes]} (cast with .astype(np.int64))."
+      )
+    if self.source_indices.size and self.source_indices.min() < -1:
+      raise InputError(
+        "source_indices holds values below -1; use the index in the source training set, "
+        "or -1 for a synthesised image."
+      )
+    if m == 0:
+      if self.compensators is not None:
+        raise InputError(
+          f"compensators is given ({list(self.compensators.shape)}) but metadata M is 0; "
+          "set M to the number of compensators per subset, or compensators to None."
+        )
+    else:
+      _check_float("compensators", self.compensators, (k, m, h, w, 3), "[K, M, H, W, 3]")
+    if self.labels is not None:
+      _check_float(
+        "labels", self.labels, (k, m + 1, num_classes, num_classes), "[K, M + 1, C, num_classes]"
+      )
+
+
+def _check_float(name: str, a: np.ndarray | None, shape: tuple[int, ...], doc: str) -> None:
+  if a is None:
+    raise InputError(
+      f"{name} is None but metadata M > 0 needs a {doc} array {list(shape)}; pass it, or "
+      "set metadata M to 0."
+    )
+  if a.dtype not in FLOAT_DTYPES.values():
+    raise InputError(
+      f"{name} has dtype {a.dtype}; allowed: {list(FLOAT_DTYPES)} (convert with synthetic.cast)."
+    )
+  if a.shape != shape:
+    raise InputError(
+      f"{name} has shape {list(a.shape)}; metadata needs {doc} = {list(shape)}. Fix the "
+      "array or the metadata (K, M, num_classes, image_shape)."
+    )
+  # A NaN/inf would silently poison every student trained on the set.
+  if not np.isfinite(a.astype(np.float32)).all():
+    raise InputError(
+      f"{name} holds NaN or infinite values; the run that produced them diverged. "
+      "Regenerate the set (e.g. with a lower learning rate)."
+    )
+
+
+def _np_to_python(obj: Any) -> Any:
+  if isinstance(obj, np.generic):
+    return obj.item()
+  if isinstance(obj, np.ndarray):
+    return obj.tolist()
+  raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _to_json(metadata: Mapping[str, Any]) -> str:
+  """Metadata as strict JSON text (numpy scalars/arrays become Python values)."""
+  try:
+    return json.dumps(metadata, default=_np_to_python, allow_nan=False, sort_keys=True)
+  except (TypeError, ValueError) as e:
+    raise InputError(
+      f"Synthetic-set metadata cannot be stored as JSON ({e}). Use only str, int, float "
+      "(finite), bool, None, lists and dicts with string keys."
+    ) from e
+
+
+def normalize_metadata(metadata: Mapping[str, Any]) -> dict:
+  """``metadata`` as :func:`load` returns it: a JSON round trip (tuples become lists)."""
+  return json.loads(_to_json(metadata))
+
+
+def cast(
+  s: SyntheticSet,
+  compensator_dtype: str | None = None,
+  label_dtype: str | None = None,
+) -> SyntheticSet:
+  """Returns ``s`` with compensators and/or labels stored in another dtype.
+
+  Args:
+    s: the set.
+    compensator_dtype: 'float32' | 'float16' | 'bfloat16', or None to keep.
+    label_dtype: 'float32' | 'float16' | 'bfloat16', or None to keep.
+
+  Returns:
+    A new set (arrays not cast are shared with ``s``). Narrowing rounds to nearest even.
+  """
+  compensators, labels = s.compensators, s.labels
+  if compensator_dtype is not None and compensators is not None:
+    compensators = compensators.astype(dtype_from_name(compensator_dtype))
+  if label_dtype is not None and labels is not None:
+    labels = labels.astype(dtype_from_name(label_dtype))
+  return dataclasses.replace(s, compensators=compensators, labels=labels)
+
+
+def dtype_from_name(name: str | np.dtype) -> np.dtype:
+  """'float32' | 'float16' | 'bfloat16' (or such a numpy dtype) -> numpy dtype."""
+  key = str(np.dtype(name)) if not isinstance(name, str) else name
+  if key not in FLOAT_DTYPES:
+    raise InputError(
+      f"Unknown storage dtype {name!r}; use one of {list(FLOAT_DTYPES)} "
+      "(config keys synthetic.compensator_dtype / synthetic.label_dtype)."
+    )
+  return FLOAT_DTYPES[key]
+
+
+# --------------------------------------------------------------------------- materialise
+
+
+def normalization(metadata: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+  """float32 ``(mean [3], std [3])`` of the set's dataset."""
+  return np.asarray(metadata["mean"], np.float32), np.asarray(metadata["std"], np.float32)
+
+
+def clip_bounds(metadata: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+  """float32 ``(lo [3], hi [3])``: the normalised images of pixel values 0 and 1.
+
+  They equal the normalised value of uint8 0 and 255 bit for bit, so real images always
+  lie inside them.
+  """
+  mean, std = normalization(metadata)
+  return (np.float32(0.0) - mean) / std, (np.float32(1.0) - mean) / std
+
+
+def instance_coordinates(s: SyntheticSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """int64 ``(k [N], m [N], c [N])`` of every instance n, in the order of :func:`materialize`."""
+  k, m, c = np.unravel_index(np.arange(s.num_instances), (s.K, s.M + 1, s.C))
+  return k.astype(np.int64), m.astype(np.int64), c.astype(np.int64)
+
+
+def _fill(s: SyntheticSet, rows: np.ndarray, out: np.ndarray) -> None:
+  """Writes the float32 instances ``rows`` (flat indices) into ``out [len(rows), H, W, 3]``."""
+  mean, std = normalization(s.metadata)
+  lo, hi = clip_bounds(s.metadata)
+  k, m, c = np.unravel_index(rows, (s.K, s.M + 1, s.C))
+  # Same expression (and float32 rounding) as the normalisation used by recover/relabel.
+  out[...] = (s.images[k, c].astype(np.float32) / 255.0 - mean) / std
+  compensated = np.flatnonzero(m > 0)
+  if compensated.size:
+    u = s.compensators[k[compensated], m[compensated] - 1].astype(np.float32)
+    out[compensated] = np.clip(out[compensated] + u, lo, hi)
+
+
+def materialize_rows(
+  s: SyntheticSet, rows: Sequence[int] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+  """Materialises some instances (for data loaders that do not hold the whole set).
+
+  Args:
+    s: the set (assumed valid; :func:`materialize` validates).
+    rows: int ``[R]`` flat instance indices in ``[0, K*(M+1)*C)`` (order of
+      :func:`materialize`).
+
+  Returns:
+    ``(instances float32 [R, H, W, 3], soft_labels float32 [R, num_classes] or None,
+    hard_labels int32 [R])``, equal to the same rows of :func:`materialize`.
+  """
+  rows = np.asarray(rows, np.int64).reshape(-1)
+  if rows.size and (rows.min() < 0 or rows.max() >= s.num_instances):
+    raise InputError(
+      f"Instance rows must lie in [0, {s.num_instances}) for this set (K={s.K}, M={s.M}, "
+      f"C={s.C}); got values in [{rows.min()}, {rows.max()}]."
+    )
+  out = np.empty((rows.size, *s.images.shape[2:]), np.float32)
+  _fill(s, rows, out)
+  soft = None
+  if s.labels is not None:
+    soft = s.labels.reshape(s.num_instances, -1)[rows].astype(np.float32)
+  return out, soft, (rows % s.C).astype(np.int32)
+
+
+def materialize(s: SyntheticSet) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+  """Every instance the student sees, in normalised space.
+
+  Instance ``n = (k * (M + 1) + m) * C + c`` (k-major, then m, then c) is
+  ``x = (images[k, c] / 255 - mean) / std`` for m = 0 and
+  ``clip(x + u_{k, m-1}, -mean/std, (1 - mean)/std)`` (per channel, summed in float32)
+  for m >= 1.
+
+  Args:
+    s: the set; validated first.
+
+  Returns:
+    ``(instances float32 [N, H, W, 3], soft_labels float32 [N, num_classes] or None,
+    hard_labels int32 [N])`` with ``N = K * (M + 1) * C``; soft labels are the stored
+    logits (None for a hard-label set), hard labels the class index c.
+  """
+  s.validate()
+  n = s.num_instances
+  instances = np.empty((n, *s.images.shape[2:]), np.float32)
+  # Chunks keep the temporaries small next to the output (large sets are GBs).
+  for start in range(0, n, _CHUNK_ROWS):
+    rows = np.arange(start, min(n, start + _CHUNK_ROWS))
+    _fill(s, rows, instances[rows[0] : rows[-1] + 1])
+  soft = None if s.labels is None else s.labels.reshape(n, -1).astype(np.float32)
+  hard = np.tile(np.arange(s.C, dtype=np.int32), s.K * (s.M + 1))
+  return instances, soft, hard
+
+
+def denormalize_uint8(instances: np.ndarray, metadata: Mapping[str, Any]) -> np.ndarray:
+  """Normalised float ``[..., H, W, 3]`` -> uint8: ``clip(rint((x * std + mean) * 255))``."""
+  mean, std = normalization(metadata)
+  pixels = (np.asarray(instances, np.float32) * std + mean) * np.float32(255.0)
+  return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- bytes
+
+
+def storage_bytes(s: SyntheticSet) -> dict[str, int]:
+  """Exact bytes of what is stored, split by kind.
+
+  Returns:
+    ``{'images': K*C*H*W*3, 'compensators': K*M*H*W*3*itemsize (0 when M == 0),
+    'labels': K*(M+1)*C*num_classes*itemsize (0 for hard labels), 'total': the sum of those
+    three, 'provenance': source_indices bytes}``. ``provenance`` (which training images were
+    picked) is reported but not part of ``total``: a student never reads it. File-format
+    overhead (headers, metadata JSON) and teacher weights are not counted either; a
+    dynamic-label protocol must add its teachers' bytes itself.
+  """
+  images = int(s.images.nbytes)
+  compensators = 0 if s.compensators is None else int(s.compensators.nbytes)
+  labels = 0 if s.labels is None else int(s.labels.nbytes)
+  return {
+    "images": images,
+    "compensators": compensators,
+    "labels": labels,
+    "total": images + compensators + labels,
+    "provenance": int(s.source_indices.nbytes),
+  }
+
+
+def compression_ratio(s: SyntheticSet, num_train_images: int) -> float:
+  """``storage_bytes(s)['total'] / (num_train_images * H * W * 3)``: stored bytes over the
+  bytes of the original training set as uint8 pixels."""
+  if int(num_train_images) <= 0:
+    raise InputError(
+      f"num_train_images is {num_train_images}; pass the training-set size (> 0), e.g. "
+      "DatasetInfo.num_train."
+    )
+  h, w, ch = s.images.shape[2:]
+  return storage_bytes(s)["total"] / (int(num_train_images) * h * w * ch)
+
+
+# --------------------------------------------------------------------------- save / load
+
+
+def _sha256(a: np.ndarray) -> str:
+  return hashlib.sha256(np.ascontiguousarray(a).reshape(-1).view(np.uint8)).hexdigest()
+
+
+def _stored(a: np.ndarray) -> np.ndarray:
+  # npz has no bfloat16: store its raw bits; the header keeps the dtype name.
+  return a.view(np.uint16) if a.dtype == FLOAT_DTYPES["bfloat16"] else a
+
+
+def _fsync_dir(directory: str) -> None:
+  # Makes the rename itself durable; not every platform can open a directory.
+  try:
+    fd = os.open(directory, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+
+
+def save(path: str, s: SyntheticSet) -> None:
+  """Writes ``s`` to one uncompressed ``.npz`` file at ``path``, atomically.
+
+  The archive is written to a temporary file in the same directory, fsynced and renamed
+  over ``path``, so ``path`` holds either its previous content or the complete new set,
+  never part of one. The parent directory is created when missing.
+
+  Raises:
+    InputError: ``s`` is inconsistent (see :meth:`SyntheticSet.validate`).
+  """
+  s.validate()
+  metadata_json = _to_json(s.metadata)
+  members: dict[str, np.ndarray] = {}
+  specs: dict[str, dict[str, Any]] = {}
+  for name in _ARRAYS:
+    a = getattr(s, name)
+    if a is None:
+      continue
+    a = np.ascontiguousarray(a)
+    stored = _stored(a)
+    members[name] = stored
+    specs[name] = {"dtype": str(a.dtype), "shape": list(a.shape), "sha256": _sha256(stored)}
+  members[_METADATA_MEMBER] = np.array(metadata_json)
+  specs[_METADATA_MEMBER] = {
+    "dtype": "json",
+    "sha256": hashlib.sha256(metadata_json.encode("utf-8")).hexdigest(),
+  }
+  header = {
+    "format": "infer_jax.synthetic",
+    "format_version": FORMAT_VERSION,
+    "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    "instance_order": "n = (k * (M + 1) + m) * C + c",
+    "arrays": specs,
+  }
+  members[_HEADER_MEMBER] = np.array(json.dumps(header, sort_keys=True))
+
+  path = os.path.abspath(path)
+  directory = os.path.dirname(path)
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp-", dir=directory)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **members)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    # Whatever failed (disk full, a kill signal turned into an exception), leave no tmp.
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  _fsync_dir(directory)
+
+
+def _corrupt(path: str, problem: str) -> InputError:
+  return InputError(
+    f"{path} is not a readable synthetic set: {problem}. The file is truncated, corrupted or "
+    "not written by infer_jax.synthetic.save; regenerate the set (delete the file and rerun "
+    "the command that produced it)."
+  )
+
+
+def _read_header(path: str, archive: np.lib.npyio.NpzFile) -> dict[str, Any]:
+  if _HEADER_MEMBER not in archive.files:
+    raise _corrupt(path, f"it has no '{_HEADER_MEMBER}' entry")
+  header = json.loads(str(archive[_HEADER_MEMBER][()]))
+  if not isinstance(header, dict) or header.get("format") != "infer_jax.synthetic":
+    raise _corrupt(path, "its header does not name the infer_jax.synthetic format")
+  version = header.get("format_version")
+  if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+    raise InputError(
+      f"{path} has synthetic-set format version {version!r}; this infer_jax reads versions "
+      f"1..{FORMAT_VERSION}. Upgrade infer_jax (or regenerate the set with this version)."
+    )
+  if not isinstance(header.get("arrays"), dict):
+    raise _corrupt(path, "its header lists no arrays")
+  return header
+
+
+def _open(path: str) -> np.lib.npyio.NpzFile:
+  if not os.path.isfile(path):
+    raise InputError(
+      f"No synthetic set at {path} (missing or not a file). Check the path, or create the "
+      "set first (python -m infer_jax.distill)."
+    )
+  try:
+    archive = np.load(path, allow_pickle=False)
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise _corrupt(path, f"it is not a valid .npz archive ({e})") from e
+  if not isinstance(archive, np.lib.npyio.NpzFile):
+    raise _corrupt(path, "it is a single .npy array, not an .npz archive")
+  return archive
+
+
+def read_header(path: str) -> dict[str, Any]:
+  """The format header of a saved set, without reading its arrays.
+
+  Returns:
+    ``{'format', 'format_version', 'created' (ISO 8601, UTC), 'instance_order', 'arrays':
+    {name: {'dtype', 'shape', 'sha256'}}}``.
+  """
+  with _open(path) as archive:
+    try:
+      return _read_header(path, archive)
+    except InputError:
+      raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+      raise _corrupt(path, f"its header cannot be read ({e})") from e
+
+
+def load(path: str, *, expected: Mapping[str, Any] | None = None) -> SyntheticSet:
+  """Reads a set written by :func:`save` and checks it.
+
+  Args:
+    path: the ``.npz`` file.
+    expected: metadata values the set must have, e.g. ``{'dataset': 'cifar10',
+      'num_classes': 10, 'image_shape': (32, 32, 3)}`` (compared after a JSON round trip,
+      so tuples match lists).
+
+  Returns:
+    The set; ``metadata`` is the stored JSON (tuples come back as lists).
+
+  Raises:
+    InputError: the file is missing, truncated or corrupted (a checksum differs), has an
+      unknown format version, inconsistent arrays, or metadata that differs from
+      ``expected``.
+  """
+  with _open(path) as archive:
+    try:
+      header = _read_header(path, archive)
+      specs = header["arrays"]
+      wanted = set(specs) | {_HEADER_MEMBER}
+      if set(archive.files) != wanted:
+        raise _corrupt(
+          path, f"it holds the entries {sorted(archive.files)}, its header lists {sorted(wanted)}"
+        )
+      missing = [n for n in ("images", "source_indices", _METADATA_MEMBER) if n not in specs]
+      if missing:
+        raise _corrupt(path, f"it lacks the arrays {missing}")
+      raw = {name: archive[name] for name in specs}
+    except InputError:
+      raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+      # zipfile verifies each member's CRC-32 while reading it: a flipped byte lands here.
+      raise _corrupt(path, f"an entry cannot be read ({e})") from e
+
+  metadata_json = str(raw.pop(_METADATA_MEMBER)[()])
+  digest = hashlib.sha256(metadata_json.encode("utf-8")).hexdigest()
+  if digest != specs[_METADATA_MEMBER].get("sha256"):
+    raise _corrupt(path, "the sha256 checksum of 'metadata' does not match its header")
+  arrays: dict[str, np.ndarray | None] = dict.fromkeys(_ARRAYS)
+  for name, stored in raw.items():
+    if name not in _ARRAYS:
+      raise _corrupt(path, f"it holds an unknown array {name!r}")
+    spec = specs[name]
+    if _sha256(stored) != spec.get("sha256"):
+      raise _corrupt(path, f"the sha256 checksum of {name!r} does not match its header")
+    dtype_name = spec.get("dtype")
+    allowed = {"images": ("uint8",), "source_indices": ("int64",)}.get(name, FLOAT_DTYPES)
+    if dtype_name not in allowed:
+      raise _corrupt(path, f"{name!r} has dtype {dtype_name!r}, allowed: {list(allowed)}")
+    dtype = np.dtype(ml_dtypes.bfloat16) if dtype_name == "bfloat16" else np.dtype(dtype_name)
+    if stored.dtype != _stored(np.empty(0, dtype)).dtype:
+      raise _corrupt(path, f"{name!r} is stored as {stored.dtype}, its header says {dtype_name}")
+    a = stored.view(dtype)
+    if list(a.shape) != spec.get("shape"):
+      raise _corrupt(path, f"{name!r} has shape {list(a.shape)}, its header says {spec['shape']}")
+    arrays[name] = a
+
+  try:
+    metadata = json.loads(metadata_json)
+  except ValueError as e:
+    raise _corrupt(path, f"its metadata is not JSON ({e})") from e
+  s = SyntheticSet(metadata=metadata, **arrays)
+  try:
+    s.validate()
+  except InputError as e:
+    raise _corrupt(path, f"its arrays are inconsistent ({e})") from e
+  if expected:
+    want = normalize_metadata(expected)
+    diffs = [
+      f"{key}: file has {metadata.get(key, '<missing>')!r}, expected {value!r}"
+      for key, value in want.items()
+      if metadata.get(key) != value
+    ]
+    if diffs:
+      raise InputError(
+        f"The synthetic set {path} does not match this run ({'; '.join(diffs)}). Use the set "
+        "made for this dataset and setting, or regenerate it."
+      )
+  return s
+
+
+# --------------------------------------------------------------------------- PNG export
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+  with open(path, "wb") as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+  buf = io.BytesIO()
+  np.save(buf, a, allow_pickle=False)
+  return buf.getvalue()
+
+
+def export_png(s: SyntheticSet, directory: str) -> dict[str, Any]:
+  """Writes the materialised instances as a lossless PNG image folder.
+
+  Layout (an ImageFolder: class folders, then images)::
+
+    directory/<class:04d>/<k:04d>_<m:02d>.png   instance (k, m, c), de-normalised to uint8
+    directory/labels.npy        float32 [N, num_classes] soft labels (absent for hard labels)
+    directory/hard_labels.npy   int32 [N] class indices
+    directory/files.csv         file,row,instance,k,m,class
+    directory/metadata.json     {'synthetic_set': s.metadata, 'export': {...}}
+
+  Row i of ``labels.npy``/``hard_labels.npy`` belongs to the i-th file of the sorted file
+  list (zero padding makes lexicographic order (class, k, m)), which is also the sample
+  order of torchvision's ``ImageFolder``. ``files.csv`` lists every file with that row and
+  its instance index in :func:`materialize` order. Pixels are
+  ``clip(rint((x * std + mean) * 255), 0, 255)``; m = 0 gives the stored image back exactly.
+
+  The folder is written beside ``directory`` as ``directory.tmp-XXXX`` and renamed into
+  place, so ``directory`` is either absent/empty or complete.
+
+  Returns:
+    The ``export`` record written to metadata.json.
+
+  Raises:
+    InputError: ``directory`` exists and is not an empty directory, or ``s`` is invalid.
+  """
+  from PIL import Image  # Only this export needs Pillow.
+
+  s.validate()
+  directory = os.path.abspath(directory)
+  if os.path.exists(directory) and (not os.path.isdir(directory) or os.listdir(directory)):
+    raise InputError(
+      f"{directory} already exists and is not an empty directory; refusing to overwrite it. "
+      "Choose a new directory or delete that one first."
+    )
+  parent = os.path.dirname(directory)
+  os.makedirs(parent, exist_ok=True)
+  k_all, m_all, c_all = instance_coordinates(s)
+  kw, mw, cw = max(4, len(str(s.K - 1))), max(2, len(str(s.M))), max(4, len(str(s.C - 1)))
+  files = [
+    f"{c:0{cw}d}/{k:0{kw}d}_{m:0{mw}d}.png" for k, m, c in zip(k_all, m_all, c_all, strict=True)
+  ]
+  order = np.argsort(np.array(files), kind="stable")  # row -> instance index
+  rows = np.empty_like(order)
+  rows[order] = np.arange(order.size)  # instance index -> row
+
+  tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
+  try:
+    for c in range(s.C):
+      os.mkdir(os.path.join(tmp, f"{c:0{cw}d}"))
+    for start in range(0, s.num_instances, _CHUNK_ROWS):
+      chunk = np.arange(start, min(s.num_instances, start + _CHUNK_ROWS))
+      instances, _, _ = materialize_rows(s, chunk)
+      pixels = denormalize_uint8(instances, s.metadata)
+      for n, image in zip(chunk, pixels, strict=True):
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="PNG")
+        _write_bytes(os.path.join(tmp, files[n]), buf.getvalue())
+    hard = c_all[order].astype(np.int32)
+    _write_bytes(os.path.join(tmp, "hard_labels.npy"), _npy_bytes(hard))
+    if s.labels is not None:
+      soft = s.labels.reshape(s.num_instances, -1)[order].astype(np.float32)
+      _write_bytes(os.path.join(tmp, "labels.npy"), _npy_bytes(soft))
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["file", "row", "instance", "k", "m", "class"])
+    for n in order:
+      writer.writerow([files[n], rows[n], n, k_all[n], m_all[n], c_all[n]])
+    _write_bytes(os.path.join(tmp, "files.csv"), table.getvalue().encode("utf-8"))
+    export = {
+      "format_version": FORMAT_VERSION,
+      "num_files": int(s.num_instances),
+      "layout": f"<class:0{cw}d>/<k:0{kw}d>_<m:0{mw}d>.png",
+      "row_order": "sorted file list: class, then k, then m (torchvision ImageFolder order)",
+      "pixels": "clip(rint((x * std + mean) * 255), 0, 255) of the materialised instance",
+      "soft_labels": "labels.npy" if s.labels is not None else None,
+      "hard_labels": "hard_labels.npy",
+      "files": "files.csv",
+      "storage_bytes": storage_bytes(s),
+    }
+    record = {"synthetic_set": normalize_metadata(s.metadata), "export": export}
+    _write_bytes(os.path.join(tmp, "metadata.json"), json.dumps(record, indent=2).encode("utf-8"))
+    _fsync_dir(tmp)
+    try:
+      # POSIX rename replaces an empty directory atomically and fails on a non-empty one,
+      # so a directory filled concurrently is never clobbered.
+      os.rename(tmp, directory)
+    except OSError as e:
+      raise InputError(
+        f"Cannot move the export into {directory} ({e}); it was created or filled "
+        "meanwhile. Choose a new directory or delete that one first."
+      ) from e
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  _fsync_dir(parent)
+  return export
