@@ -222,18 +222,31 @@ def subset_loss(
   return loss, {"ce": aux["ce"], "bn": aux["bn"]}
 
 
-def make_step(model, cfg: RecoverConfig, first_layer, tx: optax.GradientTransformation) -> Callable:
-  """The jitted all-subsets step ``(variables, params, opt_state, base, labels, keys)``.
+def step_keys(cfg: RecoverConfig, teacher_index, iteration, k: int) -> jax.Array:
+  """The K augmentation keys of one iteration: a pure function of (seed, teacher, it).
+
+  ``split(key, k)[i]`` does not depend on k (partitionable threefry), so padding the
+  subset axis for more devices leaves the real subsets' draws unchanged.
+  """
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), teacher_index), iteration)
+  return jax.random.split(key, k)
+
+
+def make_step(
+  model, cfg: RecoverConfig, first_layer, tx: optax.GradientTransformation, teacher_index: int = 0
+) -> Callable:
+  """The jitted all-subsets step ``(variables, params, opt_state, base, labels, iteration)``.
 
   Args:
     model: teacher module.
     cfg: recover config.
     first_layer: path of the teacher's first BatchNorm layer.
     tx: the optimiser.
+    teacher_index: seeds the augmentation draws (with cfg.seed and the iteration).
 
   Returns:
     ``step(variables, params [K,P,H,W,3], opt_state, base [K,C,H,W,3], labels [K,C],
-    keys [K]) -> (params, opt_state, {'loss','ce','bn'} each [K])``.
+    iteration int32 []) -> (params, opt_state, {'loss','ce','bn'} each [K])``.
   """
 
   def all_losses(params, variables, base, labels, keys):
@@ -243,7 +256,10 @@ def make_step(model, cfg: RecoverConfig, first_layer, tx: optax.GradientTransfor
     # Subsets are independent, so the gradient of the sum is each subset's own gradient.
     return jnp.sum(losses), (losses, aux)
 
-  def step(variables, params, opt_state, base, labels, keys):
+  def step(variables, params, opt_state, base, labels, iteration):
+    # The keys are derived inside the step: no per-iteration host work and no second
+    # multi-device program (a reshard of host-made keys) in flight beside the step.
+    keys = step_keys(cfg, teacher_index, iteration, params.shape[0])
     grads, (losses, aux) = jax.grad(all_losses, has_aux=True)(params, variables, base, labels, keys)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
@@ -253,12 +269,6 @@ def make_step(model, cfg: RecoverConfig, first_layer, tx: optax.GradientTransfor
   # NamedSharding over the subset axis and the teacher variables replicated; XLA keeps
   # every per-subset array on its device (the subsets never communicate).
   return jax.jit(step, donate_argnums=(1, 2))
-
-
-def step_keys(cfg: RecoverConfig, teacher_index: int, iteration: int, k: int) -> jax.Array:
-  """The K augmentation keys of one iteration: a pure function of (seed, teacher, it)."""
-  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), teacher_index), iteration)
-  return jax.random.split(key, k)
 
 
 def clip_to_image(x: jax.Array | np.ndarray, mean, std):
@@ -318,7 +328,6 @@ def recover_teacher(
   name = teacher.metadata["architecture"]
   tx = optimizer(cfg)
   params = init_params(cfg, k, c, image_shape, teacher_index)
-  padded_k = k + (-k % mesh.size)
   shard = NamedSharding(mesh, P("data"))
   repl = NamedSharding(mesh, P())
   params = jax.device_put(_pad_subsets(params, mesh.size), shard)
@@ -355,7 +364,7 @@ def recover_teacher(
     return np.asarray(params)[:k]
 
   first_layer = bn_stats.bn_layer_order(teacher.model, teacher.variables, (c, *image_shape))[0]
-  step = make_step(teacher.model, cfg, first_layer, tx)
+  step = make_step(teacher.model, cfg, first_layer, tx, teacher_index)
   variables = jax.device_put(teacher.variables, repl)
   base_d = jax.device_put(_pad_subsets(base.astype(np.float32), mesh.size), shard)
   labels_d = jax.device_put(_pad_subsets(labels.astype(np.int32), mesh.size), shard)
@@ -374,8 +383,8 @@ def recover_teacher(
   window = (t0, start)
   metrics = None
   for it in range(start, cfg.iterations):
-    keys = jax.device_put(step_keys(cfg, teacher_index, it, padded_k), shard)
-    params, opt_state, metrics = step(variables, params, opt_state, base_d, labels_d, keys)
+    iteration = jax.device_put(np.int32(it), repl)
+    params, opt_state, metrics = step(variables, params, opt_state, base_d, labels_d, iteration)
     done = it + 1
     if it == start:
       jax.block_until_ready(params)

@@ -1,11 +1,13 @@
 """Subsets, the recover step (vmapped, sharded, resumable) and relabelling."""
 
 import os
+import shutil
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.sharding import Mesh
 
@@ -137,18 +139,23 @@ def test_vmapped_all_subsets_step_equals_a_loop_and_traces_once(teacher):
   step = recover.make_step(teacher.model, cfg, first, tx)
   params = jnp.zeros((3, 1, *SHAPE))
   opt = tx.init(params)
-  keys = recover.step_keys(cfg, 0, 0, 3)
-  for _ in range(3):
-    params, opt, _ = step(teacher.variables, params, opt, base, labels, keys)
+  for it in range(3):
+    params, opt, _ = step(teacher.variables, params, opt, base, labels, jnp.int32(it))
   assert step._cache_size() == 1  # same shapes: traced and compiled once
+  keys = [recover.step_keys(cfg, 0, it, 3) for it in range(3)]
   for k in range(3):
-    p_k = jnp.zeros((1, 1, *SHAPE))
+    # Subset k alone, with the same augmentation draws, through the un-vmapped loss.
+    p_k = jnp.zeros((1, *SHAPE))
     o_k = tx.init(p_k)
-    for _ in range(3):
-      p_k, o_k, _ = step(
-        teacher.variables, p_k, o_k, base[k : k + 1], labels[k : k + 1], keys[k : k + 1]
-      )
-    np.testing.assert_allclose(params[k], p_k[0], rtol=1e-5, atol=1e-6)
+    for it in range(3):
+      g = jax.grad(
+        lambda p, b, y, key: recover.subset_loss(
+          teacher.model, teacher.variables, p, b, y, key, cfg, first
+        )[0]
+      )(p_k, base[k], labels[k], keys[it][k])
+      updates, o_k = tx.update(g, o_k, p_k)
+      p_k = optax.apply_updates(p_k, updates)
+    np.testing.assert_allclose(params[k], p_k, rtol=1e-5, atol=1e-6)
 
 
 def test_sharded_over_8_devices_equals_one_device(teacher):
@@ -211,8 +218,6 @@ def test_resume_equals_uninterrupted(tmp_path, teacher):
   recover.recover_teacher(
     teacher, base, labels, cfg, teacher_index=0, directory=str(tmp_path / "b"), log=lambda s: None
   )
-  import shutil
-
   shutil.rmtree(tmp_path / "b" / "10")
   messages = []
   resumed = recover.recover_teacher(
