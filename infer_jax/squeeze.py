@@ -122,6 +122,7 @@ def train_teacher(
     model, tx, mean=info.mean, std=info.std, label_smoothing=sq.label_smoothing, seed=seed
   )
   step = int(state.step)
+  serialize = train.one_step_in_flight(mesh)
   meta = dict(identity)
   start = time.perf_counter()
   window_start, window_steps = start, 0
@@ -129,6 +130,8 @@ def train_teacher(
   while step < total_steps:
     batch = next(iterator)
     state, metrics = train_step(state, batch)
+    if serialize:
+      jax.block_until_ready(state)
     step += 1
     window_steps += 1
     if not compile_reported:
@@ -153,11 +156,10 @@ def train_teacher(
       )
       window_start, window_steps = now, 0
     if step % sq.checkpoint_every_steps == 0 and step < total_steps:
-      jax.block_until_ready(state)  # see the note below the loop
+      jax.block_until_ready(state)  # see train.one_step_in_flight
       ckpt.save(step, state, iterator.get_state(), meta)
-  # Finish every dispatched step before another program runs on the devices: XLA:CPU may
-  # interleave two in-flight multi-device programs that both contain all-reduces
-  # differently on different devices and deadlock (seen with 8 host-platform devices).
+  # Finish every dispatched step before another program (eval) runs on the devices; see
+  # train.one_step_in_flight.
   jax.block_until_ready(state)
   ckpt.close()
 

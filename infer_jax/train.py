@@ -48,6 +48,19 @@ def data_mesh(devices=None) -> Mesh:
   return Mesh(np.asarray(devices), ("data",))
 
 
+def one_step_in_flight(mesh: Mesh) -> bool:
+  """Whether multi-device steps must run one at a time on this mesh (XLA:CPU, > 1 device).
+
+  XLA:CPU runs every host "device" of a program on one shared thread pool: with two
+  sharded steps (or a step and another program) in flight, threads of the second can sit
+  in its collectives waiting for devices still busy with the first, and the rendezvous
+  never completes (seen with 8 host devices on 2 cores: "only 6 of 8 arrived", abort
+  after 40 s). Callers block on each step's result there; the lost dispatch overlap is
+  small on a CPU, and accelerators keep asynchronous dispatch.
+  """
+  return mesh.size > 1 and mesh.devices.flat[0].platform == "cpu"
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Sharding of a batch: leading axis split over 'data'."""
   return NamedSharding(mesh, P("data"))

@@ -1,0 +1,737 @@
+"""Evaluate a synthetic set: train a student from scratch on it, report top-1 on the real test set.
+
+This is the "Student training (evaluation)" stage of ALGORITHM.md. The synthetic set is small
+(tens to a few thousand instances), so it lives on the devices, replicated, and every per-step
+operation runs inside one jitted step:
+
+  shuffle (per epoch) -> gather the batch -> augment (per image) -> MixUp -> targets -> loss
+
+* Shuffle: epoch ``e`` visits the instances in the order ``permutation(fold_in(k_shuffle, e))``;
+  the last partial batch of an epoch is dropped (static shapes). A set smaller than
+  ``batch_size`` is trained with one batch of all of it per epoch (the batch size is clamped to
+  ``N``, rounded down to a multiple of the device count, with a printed note), which is what a
+  PyTorch ``DataLoader`` does with such a set.
+* Augmentation: 'crop_flip' pads every image by ``crop_padding`` pixels per side and takes a
+  random window of the original size, then flips it left-right with p=0.5. The padding is
+  *black*: the instances are in normalised space, so the pad value is ``-mean/std`` per channel,
+  which is exactly what the PyTorch recipe (pad the [0, 1] image with 0, then normalise) feeds
+  the network. 'rrc_flip' is torchvision's RandomResizedCrop (scale (0.08, 1), ratio (3/4, 4/3),
+  ten tries then a centre-crop fallback) resized back bilinearly with antialiasing, then a flip.
+  'flip' and 'none' do what they say. Parameters are drawn per image.
+* MixUp: ``lam ~ Beta(alpha, alpha)`` once per batch, partner = a random permutation of the
+  batch; images and targets (teacher *logits* for static soft labels, one-hot vectors for hard
+  labels) are mixed with the same ``lam``.
+* Targets and loss: static soft labels -> ``KL(softmax(y/T) || softmax(z/T))``, batch mean, no
+  ``T**2`` factor; hard labels -> cross-entropy on the mixed one-hot targets; ``label_fn``
+  (INFER+Dyn) -> soft labels computed on the augmented, mixed batch inside the step, same KL.
+* Randomness: parameters from ``key(seed, impl='rbg')`` (XLA:CPU compiles threefry
+  initialisers of deep networks slowly); data randomness from threefry ``key(seed)``, folded with
+  the epoch (shuffle) or the step (augmentation, MixUp). Every batch is a pure function of
+  ``(seed, state.step)``: the same seed gives the same result, bit for bit, on one machine.
+* Sharding: the state and the synthetic set are replicated over the mesh, the batch is split
+  over its 'data' axis (``batch_size`` must be divisible by the device count).
+
+Protocol (docs/PROTOCOL.md): the figure to report is ``final_top1``. ``best_top1`` (with
+``eval_every_epochs > 0``) selects an epoch on the test set and is for comparison with papers
+only, labelled as such wherever it is printed. For INFER+Dyn the caller divides the epochs by
+``M + 1`` (ALGORITHM.md, "Relabel") to keep the work comparable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from infer_jax import models, train
+from infer_jax.data import pipeline
+from infer_jax.errors import InputError
+
+OPTIMIZERS = ("adamw", "sgd")
+AUGMENTATIONS = ("crop_flip", "rrc_flip", "flip", "none")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+# torchvision RandomResizedCrop defaults and its number of candidate windows before falling back
+# to a centre crop.
+RRC_SCALE = (0.08, 1.0)
+RRC_RATIO = (3 / 4, 4 / 3)
+_RRC_TRIES = 10
+
+LabelFn = Callable[[jax.Array], jax.Array]
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration.
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentConfig:
+  """The student recipe (ALGORITHM.md "Recipes"; defaults are the CIFAR static-label recipe).
+
+  Attributes:
+    arch: registry name of the student (``infer_jax.models.list_models()``).
+    width: channel multiplier of the student.
+    stem: 'cifar' or 'imagenet'.
+    epochs: passes over the synthetic set.
+    batch_size: global batch size (divisible by the device count).
+    optimizer: 'adamw' (decoupled weight decay) or 'sgd' (momentum, coupled weight decay).
+    lr: peak learning rate; cosine-decayed to 0 over all steps, no warm-up.
+    weight_decay: weight decay of either optimiser.
+    momentum: SGD momentum (ignored by AdamW).
+    temperature: KL temperature ``T`` for soft labels.
+    mixup_alpha: MixUp Beta parameter; 0 disables MixUp.
+    augment: 'crop_flip', 'rrc_flip', 'flip' or 'none'.
+    crop_padding: pixels of (black) padding per side for 'crop_flip'.
+    eval_every_epochs: 0 evaluates only at the end; ``k`` also every ``k`` epochs (the best
+      epoch is then tracked and reported, labelled as test-selected).
+    seed: seed of the initialisation, shuffling, augmentation and MixUp.
+    dtype: computation dtype, 'float32' or 'bfloat16' (parameters stay float32).
+    log_every_epochs: progress line every this many epochs; 0 logs only at evaluations.
+  """
+
+  arch: str = "resnet18"
+  width: float = 1.0
+  stem: str = "cifar"
+  epochs: int = 400
+  batch_size: int = 64
+  optimizer: str = "adamw"
+  lr: float = 1e-3
+  weight_decay: float = 0.01
+  momentum: float = 0.9
+  temperature: float = 30.0
+  mixup_alpha: float = 0.8
+  augment: str = "crop_flip"
+  crop_padding: int = 4
+  eval_every_epochs: int = 0
+  seed: int = 0
+  dtype: str = "float32"
+  log_every_epochs: int = 0
+
+  def __post_init__(self):
+    problems = []
+    if self.arch not in models.list_models():
+      problems.append(f"arch {self.arch!r} is not a registered architecture")
+    if self.stem not in ("cifar", "imagenet"):
+      problems.append(f"stem must be 'cifar' or 'imagenet', got {self.stem!r}")
+    if not self.width > 0:
+      problems.append(f"width must be positive, got {self.width}")
+    if self.epochs < 1:
+      problems.append(f"epochs must be >= 1, got {self.epochs}")
+    if self.batch_size < 1:
+      problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+    if self.optimizer not in OPTIMIZERS:
+      problems.append(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+    if not self.lr > 0:
+      problems.append(f"lr must be positive, got {self.lr}")
+    if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+      problems.append(
+        f"weight_decay must be >= 0 and momentum in [0, 1), got {self.weight_decay}, "
+        f"{self.momentum}"
+      )
+    if not self.temperature > 0:
+      problems.append(f"temperature must be positive, got {self.temperature}")
+    if self.mixup_alpha < 0:
+      problems.append(f"mixup_alpha must be >= 0 (0 disables MixUp), got {self.mixup_alpha}")
+    if self.augment not in AUGMENTATIONS:
+      problems.append(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
+    if self.crop_padding < 0:
+      problems.append(f"crop_padding must be >= 0, got {self.crop_padding}")
+    if self.eval_every_epochs < 0 or self.log_every_epochs < 0:
+      problems.append("eval_every_epochs and log_every_epochs must be >= 0 (0 = at the end)")
+    if not 0 <= self.seed < 2**32:
+      problems.append(f"seed must be in [0, 2**32), got {self.seed}")
+    if self.dtype not in DTYPES:
+      problems.append(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+    if problems:
+      raise InputError(
+        "Invalid student config: "
+        + "; ".join(problems)
+        + f". Architectures: {', '.join(models.list_models())}."
+      )
+
+  @classmethod
+  def from_config(cls, cfg: Mapping[str, Any]) -> StudentConfig:
+    """Builds the config from a ConfigDict block (or mapping) holding some of these fields.
+
+    Missing fields take the defaults above; other keys of the block (settings of the caller,
+    such as the number of evaluation seeds) are ignored. Values are converted to the field's
+    type, so ``epochs=400.0`` or ``lr=1`` from a command line are accepted.
+
+    Raises:
+      InputError: a value cannot be converted or is invalid.
+    """
+    kwargs = {}
+    for field in dataclasses.fields(cls):
+      if field.name not in cfg:
+        continue
+      value = cfg[field.name]
+      kind = type(field.default)
+      try:
+        if kind is int and float(value) != int(value):
+          raise ValueError("not an integer")
+        kwargs[field.name] = kind(value)
+      except (TypeError, ValueError) as e:
+        raise InputError(
+          f"student config field {field.name!r} must be a {kind.__name__}, got {value!r}."
+        ) from e
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure numeric core.
+
+
+def kl_divergence_with_temperature(
+  student_logits: jax.Array, teacher_logits: jax.Array, temperature: float
+) -> jax.Array:
+  """``KL(softmax(teacher/T) || softmax(student/T))``, summed over classes, batch mean.
+
+  PyTorch ``KLDivLoss(reduction='batchmean')(log_softmax(z/T), softmax(y/T))``; no ``T**2``
+  factor (the INFER recipe does not use one).
+
+  Args:
+    student_logits: ``[B, C]`` logits ``z`` of the network being trained.
+    teacher_logits: ``[B, C]`` target logits ``y`` (teacher logits, possibly MixUp-mixed).
+    temperature: ``T > 0``.
+
+  Returns:
+    float32 scalar, >= 0, zero when the two distributions are equal.
+  """
+  student_logits = jnp.asarray(student_logits, jnp.float32)
+  teacher_logits = jnp.asarray(teacher_logits, jnp.float32)
+  log_p_student = jax.nn.log_softmax(student_logits / temperature, axis=-1)
+  log_p_teacher = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
+  # log_softmax is finite for finite logits, so p * (log p - log q) is 0 (not NaN) where p
+  # underflows to 0.
+  kl = jnp.sum(jnp.exp(log_p_teacher) * (log_p_teacher - log_p_student), axis=-1)
+  return jnp.mean(kl)
+
+
+def mixup(
+  key: jax.Array, images: jax.Array, targets: jax.Array | None, alpha: float
+) -> tuple[jax.Array, jax.Array | None, jax.Array]:
+  """MixUp with one ``lam ~ Beta(alpha, alpha)`` per batch and a permutation as partners.
+
+  ``mixed = lam * x + (1 - lam) * x[perm]`` for the images and, with the same ``lam`` and
+  ``perm``, for the targets (teacher logits or one-hot vectors: both mix linearly).
+
+  Args:
+    key: PRNG key; the same key gives the same ``lam`` and partners.
+    images: ``[B, H, W, C]`` float images.
+    targets: ``[B, K]`` targets, or None (dynamic labels are computed after mixing).
+    alpha: Beta parameter; ``alpha == 0`` disables MixUp (``lam = 1``, inputs unchanged).
+
+  Returns:
+    ``(mixed_images [B, H, W, C], mixed_targets [B, K] or None, lam)``, ``lam`` a float32
+    scalar in [0, 1].
+  """
+  if alpha == 0:
+    return images, targets, jnp.ones((), jnp.float32)
+  lam_key, perm_key = jax.random.split(key)
+  lam = jax.random.beta(lam_key, alpha, alpha, dtype=jnp.float32)
+  perm = jax.random.permutation(perm_key, images.shape[0])
+
+  def mix(x):
+    return (lam * x + (1.0 - lam) * x[perm]).astype(x.dtype)
+
+  return mix(images), None if targets is None else mix(targets), lam
+
+
+def random_crop_flip(
+  key: jax.Array, image: jax.Array, padding: int, fill: jax.Array | Sequence[float] = 0.0
+) -> jax.Array:
+  """Pads one image by ``padding`` pixels per side with ``fill``, crops a random window of the
+  original size, and mirrors it left-right with probability 0.5 (PyTorch
+  ``RandomCrop(size, padding)`` + ``RandomHorizontalFlip``).
+
+  Args:
+    key: PRNG key.
+    image: ``[H, W, C]``.
+    padding: pixels per side; the window's corner is uniform in ``[0, 2 * padding]**2``.
+    fill: pad value, scalar or ``[C]`` (per channel, e.g. the normalised value of black).
+
+  Returns:
+    ``[H, W, C]``, same dtype.
+  """
+  crop_key, flip_key = jax.random.split(key)
+  h, w, c = image.shape
+  if padding > 0:
+    # Build the padded canvas from the fill and write the image into it (rather than padding
+    # image - fill with zeros and adding fill back), so that interior pixels stay bit-exact.
+    canvas = jnp.broadcast_to(jnp.asarray(fill, image.dtype), (h + 2 * padding, w + 2 * padding, c))
+    canvas = jax.lax.dynamic_update_slice(canvas, image, (padding, padding, 0))
+    top, left = jax.random.randint(crop_key, (2,), 0, 2 * padding + 1)
+    image = jax.lax.dynamic_slice(canvas, (top, left, 0), (h, w, c))
+  return _random_flip(flip_key, image)
+
+
+def random_resized_crop_flip(
+  key: jax.Array,
+  image: jax.Array,
+  scale: tuple[float, float] = RRC_SCALE,
+  ratio: tuple[float, float] = RRC_RATIO,
+) -> jax.Array:
+  """torchvision ``RandomResizedCrop`` back to the image's size, then a flip with p=0.5.
+
+  Up to ten windows with area fraction ~ U(scale) and aspect ratio (w/h) ~ logU(ratio) are
+  drawn; the first that fits is used, at a uniform integer position; if none fits, the largest
+  centred window with the aspect ratio clamped into ``ratio``. The window is resampled
+  bilinearly with antialiasing (``jax.image.scale_and_translate``).
+
+  Args:
+    key: PRNG key.
+    image: ``[H, W, C]`` float.
+    scale: (min, max) fraction of the image area.
+    ratio: (min, max) width / height.
+
+  Returns:
+    ``[H, W, C]``, same dtype.
+  """
+  area_key, ratio_key, top_key, left_key, flip_key = jax.random.split(key, 5)
+  h, w, _ = image.shape
+  target_area = (
+    h * w * jax.random.uniform(area_key, (_RRC_TRIES,), minval=scale[0], maxval=scale[1])
+  )
+  log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+  aspect = jnp.exp(jax.random.uniform(ratio_key, (_RRC_TRIES,), minval=log_lo, maxval=log_hi))
+  # jnp.round rounds half to even like Python's round(), which torchvision uses.
+  cand_w = jnp.round(jnp.sqrt(target_area * aspect)).astype(jnp.int32)
+  cand_h = jnp.round(jnp.sqrt(target_area / aspect)).astype(jnp.int32)
+  fits = (cand_w > 0) & (cand_w <= w) & (cand_h > 0) & (cand_h <= h)
+  first = jnp.argmax(fits)
+  # Fallback (static: the image size is known at trace time).
+  lo, hi = min(ratio), max(ratio)
+  if w / h < lo:
+    fallback_w, fallback_h = w, round(w / lo)
+  elif w / h > hi:
+    fallback_w, fallback_h = round(h * hi), h
+  else:
+    fallback_w, fallback_h = w, h
+  found = fits[first]
+  crop_w = jnp.where(found, cand_w[first], fallback_w)
+  crop_h = jnp.where(found, cand_h[first], fallback_h)
+  top = jnp.where(found, jax.random.randint(top_key, (), 0, h - crop_h + 1), (h - crop_h) // 2)
+  left = jnp.where(found, jax.random.randint(left_key, (), 0, w - crop_w + 1), (w - crop_w) // 2)
+  # Output pixel x samples input x / scale - translation / scale: maps the window onto [0, W).
+  scale_hw = jnp.stack([h / crop_h, w / crop_w]).astype(jnp.float32)
+  translation = -jnp.stack([top, left]).astype(jnp.float32) * scale_hw
+  out = jax.image.scale_and_translate(
+    image, image.shape, (0, 1), scale_hw, translation, method="linear", antialias=True
+  )
+  return _random_flip(flip_key, out.astype(image.dtype))
+
+
+def _random_flip(key: jax.Array, image: jax.Array) -> jax.Array:
+  """Mirrors ``[H, W, C]`` left-right with probability 0.5."""
+  return jnp.where(jax.random.bernoulli(key), image[:, ::-1], image)
+
+
+def augment_batch(
+  key: jax.Array,
+  images: jax.Array,
+  augment: str,
+  *,
+  crop_padding: int = 4,
+  fill: jax.Array | Sequence[float] = 0.0,
+) -> jax.Array:
+  """Augments every image of a batch with its own parameters (``vmap`` over per-image keys).
+
+  Args:
+    key: PRNG key of the batch.
+    images: ``[B, H, W, C]`` float images (normalised).
+    augment: 'crop_flip', 'rrc_flip', 'flip' or 'none' (see the module docstring).
+    crop_padding: padding per side for 'crop_flip'.
+    fill: pad value for 'crop_flip', scalar or ``[C]``.
+
+  Returns:
+    ``[B, H, W, C]``.
+  """
+  if augment == "none":
+    return images
+  keys = jax.random.split(key, images.shape[0])
+  if augment == "crop_flip":
+    one = functools.partial(random_crop_flip, padding=crop_padding, fill=fill)
+  elif augment == "rrc_flip":
+    one = random_resized_crop_flip
+  elif augment == "flip":
+    one = _random_flip
+  else:
+    raise InputError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}.")
+  return jax.vmap(one)(keys, images)
+
+
+def make_optimizer(cfg: StudentConfig, total_steps: int) -> optax.GradientTransformation:
+  """The recipe's optimiser, its learning rate cosine-decayed from ``cfg.lr`` to 0.
+
+  'adamw': ``optax.adamw`` (decoupled weight decay on every parameter, as
+  ``torch.optim.AdamW``); 'sgd': :func:`infer_jax.train.sgd_optimizer` (momentum, coupled
+  weight decay, as ``torch.optim.SGD``).
+  """
+  if cfg.optimizer == "adamw":
+    schedule = optax.cosine_decay_schedule(cfg.lr, max(total_steps, 1))
+    return optax.adamw(schedule, weight_decay=cfg.weight_decay)
+  return train.sgd_optimizer(
+    lr=cfg.lr,
+    momentum=cfg.momentum,
+    nesterov=False,
+    weight_decay=cfg.weight_decay,
+    total_steps=total_steps,
+  )
+
+
+# ---------------------------------------------------------------------------------------------
+# The training step.
+
+
+def make_student_step(
+  model,
+  tx: optax.GradientTransformation,
+  cfg: StudentConfig,
+  *,
+  num_examples: int,
+  batch_size: int,
+  mean: Sequence[float],
+  std: Sequence[float],
+  mesh: Mesh,
+  num_classes: int,
+  label_mode: str,
+  label_fn: LabelFn | None = None,
+):
+  """Builds the jitted ``step(state, data) -> (state, {'loss': []})``.
+
+  ``data = {'images': float32 [N, H, W, 3], 'soft_labels': [N, C], 'hard_labels': int32 [N]}``
+  (keys the label mode does not need may be absent), replicated on ``mesh``. The step takes
+  batch number ``state.step``: epoch ``step // steps_per_epoch`` of the shuffled order, then
+  augments, mixes and takes the loss of ``label_mode`` ('static', 'hard' or 'dynamic').
+  """
+  steps_per_epoch = num_examples // batch_size
+  base_key = jax.random.key(cfg.seed)
+  # Two independent streams, so that "epoch e" and "step e" never share a key.
+  shuffle_key = jax.random.fold_in(base_key, 0)
+  step_key = jax.random.fold_in(base_key, 1)
+  # Black in normalised space: what padding the [0, 1] image with 0 before normalising gives.
+  fill = tuple(-m / s for m, s in zip(mean, std, strict=True))
+  batch_sharding = train.batch_sharding(mesh)
+
+  def loss_fn(params, batch_stats, images, targets):
+    logits, updates = model.apply(
+      {"params": params, "batch_stats": batch_stats}, images, train=True, mutable=["batch_stats"]
+    )
+    logits = logits.astype(jnp.float32)
+    if label_mode == "hard":
+      loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
+    else:
+      loss = kl_divergence_with_temperature(logits, targets, cfg.temperature)
+    return loss, updates["batch_stats"]
+
+  @functools.partial(jax.jit, donate_argnums=(0,))
+  def step(state: train.TrainState, data: Mapping[str, jax.Array]):
+    epoch, position = jnp.divmod(state.step, steps_per_epoch)
+    order = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), num_examples)
+    indices = jax.lax.dynamic_slice(order, (position * batch_size,), (batch_size,))
+    # Sharding the indices makes each device gather, augment and run its own rows.
+    indices = jax.lax.with_sharding_constraint(indices, batch_sharding)
+    augment_key, mixup_key = jax.random.split(jax.random.fold_in(step_key, state.step))
+
+    images = augment_batch(
+      augment_key, data["images"][indices], cfg.augment, crop_padding=cfg.crop_padding, fill=fill
+    )
+    if label_mode == "static":
+      targets = data["soft_labels"][indices].astype(jnp.float32)
+    elif label_mode == "hard":
+      targets = jax.nn.one_hot(data["hard_labels"][indices], num_classes, dtype=jnp.float32)
+    else:
+      targets = None
+    images, targets, _ = mixup(mixup_key, images, targets, cfg.mixup_alpha)
+    if label_mode == "dynamic":
+      # Labels of what the student actually sees (augmented and mixed): INFER+Dyn.
+      targets = jax.lax.stop_gradient(label_fn(images).astype(jnp.float32))
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params, state.batch_stats, images, targets
+    )
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(
+      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+    )
+    return new_state, {"loss": loss}
+
+  return step
+
+
+# ---------------------------------------------------------------------------------------------
+# Orchestration.
+
+
+def _check_inputs(instances, soft_labels, hard_labels, info, label_fn):
+  """Validates and converts the synthetic set; returns (images, soft, hard, label_mode)."""
+  images = np.asarray(instances)
+  shape = tuple(int(s) for s in info.image_shape)
+  if images.ndim != 4 or images.shape[1:] != shape or images.shape[0] == 0:
+    raise InputError(
+      f"instances must be a non-empty float array [N, {', '.join(map(str, shape))}] (the test "
+      f"images' shape), got {images.dtype} {images.shape}."
+    )
+  if not np.issubdtype(images.dtype, np.floating):
+    raise InputError(
+      f"instances must be float images in the dataset's normalised space, got {images.dtype}; "
+      "normalise uint8 images first (infer_jax.data.pipeline.normalize with info.mean/std)."
+    )
+  n, num_classes = images.shape[0], info.num_classes
+  soft = None
+  if soft_labels is not None:
+    soft = np.asarray(soft_labels, np.float32)
+    if soft.shape != (n, num_classes):
+      raise InputError(
+        f"soft_labels must be [N, num_classes] = [{n}, {num_classes}] (teacher logits), got "
+        f"{soft.shape}."
+      )
+  hard = None
+  if hard_labels is not None:
+    hard = np.asarray(hard_labels)
+    if hard.shape != (n,) or not np.issubdtype(hard.dtype, np.integer):
+      raise InputError(f"hard_labels must be integers [N] = [{n}], got {hard.dtype} {hard.shape}.")
+    if hard.size and (hard.min() < 0 or hard.max() >= num_classes):
+      raise InputError(
+        f"hard_labels must lie in [0, {num_classes}), got [{hard.min()}, {hard.max()}]."
+      )
+    hard = hard.astype(np.int32)
+  if label_fn is not None:
+    mode = "dynamic"
+  elif soft is not None:
+    mode = "static"
+  elif hard is not None:
+    mode = "hard"
+  else:
+    raise InputError("Give soft_labels, hard_labels or a label_fn: the student needs targets.")
+  return images.astype(np.float32), soft, hard, mode
+
+
+def effective_batch_size(
+  batch_size: int, n: int, devices: int, log: Callable[[str], Any] = print
+) -> int:
+  """The batch size a set of ``n`` instances is trained with on ``devices`` devices.
+
+  ``batch_size`` itself when ``n >= batch_size``; otherwise the whole set, rounded down to a
+  multiple of ``devices`` (one batch per epoch), with a note sent to ``log``.
+
+  Raises:
+    InputError: ``batch_size`` is not a multiple of ``devices``, or ``n < devices``.
+  """
+  if batch_size % devices:
+    lower = batch_size // devices * devices
+    options = f"{lower} or {lower + devices}" if lower else f"{devices}"
+    raise InputError(
+      f"batch_size {batch_size} is not divisible by the {devices} devices the batch is sharded "
+      f"over; use a multiple of {devices} (e.g. {options})."
+    )
+  if n >= batch_size:
+    return batch_size
+  clamped = n // devices * devices
+  if clamped == 0:
+    raise InputError(
+      f"The synthetic set has {n} instances, fewer than the {devices} devices the batch is "
+      f"sharded over; run on at most {n} devices (train.data_mesh(jax.devices()[:{n}]))."
+    )
+  log(
+    f"note: the synthetic set ({n} instances) is smaller than batch_size {batch_size}; "
+    f"training with one batch of {clamped} per epoch"
+    + (
+      f" ({n - clamped} dropped each epoch: a multiple of {devices} devices)" if clamped < n else ""
+    )
+  )
+  return clamped
+
+
+def _fmt_time(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def train_student(
+  cfg: StudentConfig,
+  instances,
+  soft_labels,
+  hard_labels,
+  test_source,
+  info,
+  *,
+  mesh: Mesh | None = None,
+  label_fn: LabelFn | None = None,
+  eval_batch_size: int = 500,
+  log: Callable[[str], Any] = print,
+) -> dict[str, Any]:
+  """Trains ``cfg.arch`` from scratch on a synthetic set and evaluates it on the real test set.
+
+  Args:
+    cfg: the student recipe.
+    instances: float32 ``[N, H, W, 3]`` synthetic images in the dataset's normalised space.
+    soft_labels: float32 ``[N, num_classes]`` static labels (teacher mean logits), or None.
+    hard_labels: int ``[N]`` classes, or None. Used only when there are neither soft labels nor
+      a ``label_fn``.
+    test_source: the real test split (uint8 ``[H, W, 3]`` images, see ``data.sources``).
+    info: the dataset's ``DatasetInfo`` (class count, image shape, mean/std).
+    mesh: device mesh; default all devices (``train.data_mesh()``).
+    label_fn: INFER+Dyn: a pure JAX function ``normalised images [B, H, W, 3] -> logits
+      [B, num_classes]`` (e.g. a teacher ensemble in inference mode, its weights closed over).
+      When given it replaces the stored soft labels with labels of the augmented, mixed batch.
+    eval_batch_size: test batch size (rounded up to a multiple of the device count; the last
+      batch is padded and masked).
+    log: where progress lines go.
+
+  Returns:
+    ``{'final_top1', 'best_top1', 'best_epoch', 'epochs', 'steps', 'steps_per_epoch',
+    'batch_size', 'label_mode', 'train_seconds', 'images_per_second', 'final_loss', 'history',
+    'params'}``: top-1 in [0, 1]; ``best_*`` None unless ``cfg.eval_every_epochs > 0`` (then
+    selected on the test set: for comparison only); ``history`` a list of ``{'epoch', 'top1'}``;
+    ``train_seconds`` the wall time of training (compilation included, evaluation excluded);
+    ``images_per_second`` the steady rate after the first (compiling) step.
+
+  Raises:
+    InputError: inconsistent shapes, no targets, or a batch size the devices cannot split.
+  """
+  mesh = train.data_mesh() if mesh is None else mesh
+  images, soft, hard, label_mode = _check_inputs(
+    instances, soft_labels, hard_labels, info, label_fn
+  )
+  n = images.shape[0]
+  devices = mesh.shape["data"]
+  batch_size = effective_batch_size(cfg.batch_size, n, devices, log)
+  steps_per_epoch = n // batch_size
+  total_steps = cfg.epochs * steps_per_epoch
+
+  model = models.create_model(
+    cfg.arch, info.num_classes, stem=cfg.stem, width=cfg.width, dtype=DTYPES[cfg.dtype]
+  )
+  tx = make_optimizer(cfg, total_steps)
+  state = train.create_train_state(
+    model, tx, jax.random.key(cfg.seed, impl="rbg"), tuple(info.image_shape), mesh
+  )
+  num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+  data = {"images": images}
+  if label_mode == "static":
+    data["soft_labels"] = soft
+  elif label_mode == "hard":
+    data["hard_labels"] = hard
+  data = jax.device_put(data, train.replicated(mesh))
+  step_fn = make_student_step(
+    model,
+    tx,
+    cfg,
+    num_examples=n,
+    batch_size=batch_size,
+    mean=info.mean,
+    std=info.std,
+    mesh=mesh,
+    num_classes=info.num_classes,
+    label_mode=label_mode,
+    label_fn=label_fn,
+  )
+  eval_step = train.make_eval_step(model, mean=info.mean, std=info.std)
+  eval_batch_size = -(-eval_batch_size // devices) * devices
+
+  def test_top1() -> float:
+    # Finish every dispatched train step first: XLA:CPU can deadlock when another
+    # multi-device program is dispatched while sharded steps with all-reduces are in flight.
+    jax.block_until_ready(state)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    batches = pipeline.eval_batches(
+      test_source, batch_size=eval_batch_size, sharding=train.batch_sharding(mesh)
+    )
+    return train.evaluate(eval_step, variables, batches)
+
+  tag = f"[student {cfg.arch}]"
+  log(
+    f"{tag} {n} instances, {label_mode} labels, batch {batch_size} x {steps_per_epoch} steps x "
+    f"{cfg.epochs} epochs = {total_steps} steps, {num_params:,} params, {devices} device(s)"
+  )
+  serialize_steps = train.one_step_in_flight(mesh)
+  history: list[dict[str, Any]] = []
+  train_seconds = 0.0
+  first_step_seconds = None
+  epoch_losses: list[jax.Array] = []
+  last_loss = float("nan")
+  window_start, window_images = time.perf_counter(), 0
+  for epoch in range(1, cfg.epochs + 1):
+    segment_start = time.perf_counter()
+    for _ in range(steps_per_epoch):
+      state, metrics = step_fn(state, data)
+      epoch_losses.append(metrics["loss"])
+      if serialize_steps:
+        jax.block_until_ready(state)
+      if first_step_seconds is None:
+        jax.block_until_ready(state)
+        first_step_seconds = time.perf_counter() - segment_start
+        log(f"{tag} compiled and ran the first step in {first_step_seconds:.1f}s")
+        window_start, window_images = time.perf_counter(), -batch_size
+      window_images += batch_size
+    evaluate_now = epoch == cfg.epochs or (
+      cfg.eval_every_epochs and epoch % cfg.eval_every_epochs == 0
+    )
+    log_now = evaluate_now or (cfg.log_every_epochs and epoch % cfg.log_every_epochs == 0)
+    if log_now:
+      # One transfer for the losses of every step since the last line (blocks on them).
+      last_loss = float(np.mean(jax.device_get(epoch_losses)))
+      epoch_losses = []
+    train_seconds += time.perf_counter() - segment_start
+    if log_now:
+      now = time.perf_counter()
+      line = (
+        f"{tag} epoch {epoch}/{cfg.epochs} step {epoch * steps_per_epoch}/{total_steps} "
+        f"loss {last_loss:.4f}"
+      )
+      # The window is empty right after the (compiling) first step: no rate to show yet.
+      if window_images > 0:
+        rate = window_images / max(now - window_start, 1e-9)
+        eta = (cfg.epochs - epoch) * steps_per_epoch * batch_size / rate
+        line += f" {rate:8.1f} img/s eta {_fmt_time(eta)}"
+      if evaluate_now:
+        top1 = test_top1()
+        history.append({"epoch": epoch, "top1": top1})
+        line += f" test top-1 {100 * top1:.2f}%"
+      log(line)
+      window_start, window_images = time.perf_counter(), 0
+
+  final_top1 = history[-1]["top1"]
+  best_top1 = best_epoch = None
+  if cfg.eval_every_epochs:
+    best = max(history, key=lambda h: h["top1"])
+    best_top1, best_epoch = best["top1"], best["epoch"]
+  steady_seconds = train_seconds - (first_step_seconds or 0.0)
+  steady_images = (total_steps - 1) * batch_size
+  images_per_second = steady_images / steady_seconds if steady_images and steady_seconds > 0 else 0
+  summary = (
+    f"{tag} final-epoch test top-1 {100 * final_top1:.2f}% after {cfg.epochs} epochs "
+    f"({total_steps} steps, {_fmt_time(train_seconds)} training, {images_per_second:.1f} img/s)"
+  )
+  if best_top1 is not None:
+    summary += (
+      f"; best epoch {best_epoch}: {100 * best_top1:.2f}% (selected on the test set, "
+      "for comparison only)"
+    )
+  log(summary)
+  return {
+    "final_top1": final_top1,
+    "best_top1": best_top1,
+    "best_epoch": best_epoch,
+    "epochs": cfg.epochs,
+    "steps": total_steps,
+    "steps_per_epoch": steps_per_epoch,
+    "batch_size": batch_size,
+    "label_mode": label_mode,
+    "train_seconds": train_seconds,
+    "images_per_second": float(images_per_second),
+    "final_loss": last_loss,
+    "history": history,
+    "params": num_params,
+  }

@@ -1,0 +1,378 @@
+"""The student (evaluation) stage: KL, MixUp, on-device augmentation, training end to end."""
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from infer_jax import models, student, train
+from infer_jax.data import pipeline, sources
+from infer_jax.errors import InputError
+
+# ---------------------------------------------------------------------------------------------
+# KL divergence with temperature.
+
+
+def _numpy_kl(student_logits, teacher_logits, temperature):
+  """KL(softmax(y/T) || softmax(z/T)) summed over classes, batch mean, in float64."""
+
+  def softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+  p = softmax(np.asarray(teacher_logits, np.float64) / temperature)
+  q = softmax(np.asarray(student_logits, np.float64) / temperature)
+  return np.mean(np.sum(p * np.log(p / q), -1))
+
+
+def test_kl_matches_a_hand_computed_value():
+  z = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], np.float32)
+  y = np.array([[3.0, 2.0, 1.0], [1.0, 0.0, -1.0]], np.float32)
+  # Row 1 at T=1 by hand: p = softmax(3,2,1) = (.6652, .2447, .0900), q = its reverse, so
+  # KL = (.6652 - .0900) * 2 = 1.1504; row 2: p = softmax(1,0,-1), q uniform,
+  # KL = log 3 - H(p) = 1.0986 - 0.8324 = 0.2662; mean 0.7083.
+  np.testing.assert_allclose(student.kl_divergence_with_temperature(z, y, 1.0), 0.70831, atol=1e-4)
+  for temperature in (1.0, 2.0, 30.0):
+    expected = _numpy_kl(z, y, temperature)
+    eager = student.kl_divergence_with_temperature(z, y, temperature)
+    jitted = jax.jit(student.kl_divergence_with_temperature, static_argnums=2)(z, y, temperature)
+    # At T=30 the KL is ~1e-3, a difference of nearly equal float32 log-probabilities.
+    np.testing.assert_allclose(eager, expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(jitted, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_kl_is_zero_for_equal_logits_and_has_the_expected_invariances():
+  key_z, key_y = jax.random.split(jax.random.key(0))
+  z = 5.0 * jax.random.normal(key_z, (6, 10))
+  y = 5.0 * jax.random.normal(key_y, (6, 10))
+  kl = student.kl_divergence_with_temperature
+  np.testing.assert_allclose(kl(z, z, 30.0), 0.0, atol=1e-7)
+  assert kl(z, y, 30.0) > 0
+  # Softmax ignores a per-row shift of the logits.
+  shift = jnp.arange(6.0)[:, None] * 7.0
+  np.testing.assert_allclose(kl(z + shift, y - shift, 30.0), kl(z, y, 30.0), rtol=1e-5)
+  # T only divides the logits: no T**2 factor.
+  np.testing.assert_allclose(kl(z, y, 30.0), kl(z / 30.0, y / 30.0, 1.0), rtol=1e-5)
+  # A batch mean: repeating the batch changes nothing.
+  np.testing.assert_allclose(kl(jnp.tile(z, (2, 1)), jnp.tile(y, (2, 1)), 4.0), kl(z, y, 4.0))
+
+
+def test_kl_gradient_is_the_softmax_difference():
+  z = jnp.array([[1.0, -2.0, 0.5]])
+  y = jnp.array([[0.0, 1.0, 2.0]])
+  temperature = 3.0
+  grad = jax.grad(student.kl_divergence_with_temperature)(z, y, temperature)
+  expected = (jax.nn.softmax(z / temperature) - jax.nn.softmax(y / temperature)) / temperature
+  np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------
+# MixUp.
+
+
+# One jitted MixUp with fixed shapes, shared by the tests below (each new shape recompiles the
+# Beta sampler, about a second on XLA:CPU).
+_mixup = jax.jit(student.mixup, static_argnums=3)
+_MIX_IMAGES = jnp.broadcast_to(jnp.arange(8, dtype=jnp.float32)[:, None, None, None], (8, 2, 2, 3))
+_MIX_LOGITS = jax.random.normal(jax.random.key(1), (8, 5)) * 10.0
+
+
+def test_mixup_mixes_images_and_logits_with_the_same_lam_and_partner():
+  b = 8
+  # Image i is the constant i, so each mixed image reveals its partner.
+  images, logits = _MIX_IMAGES, _MIX_LOGITS
+  for seed in range(4):
+    key = jax.random.key(seed)
+    mixed_images, mixed_logits, lam = _mixup(key, images, logits, 0.8)
+    lam = float(lam)
+    assert 0.0 <= lam <= 1.0
+    assert 1e-3 < lam < 1 - 1e-3, "pick seeds whose lam identifies the partner"
+    partner = np.round((np.asarray(mixed_images[:, 0, 0, 0]) - lam * np.arange(b)) / (1 - lam))
+    partner = partner.astype(int)
+    assert sorted(partner) == list(range(b))  # a permutation of the batch
+    np.testing.assert_allclose(mixed_images, lam * images + (1 - lam) * images[partner], atol=1e-5)
+    np.testing.assert_allclose(mixed_logits, lam * logits + (1 - lam) * logits[partner], atol=1e-5)
+    # Same key, same draw.
+    chex.assert_trees_all_equal(_mixup(key, images, logits, 0.8), (mixed_images, mixed_logits, lam))
+  # The un-jitted function draws the same.
+  eager = student.mixup(key, images, logits, 0.8)
+  chex.assert_trees_all_close(eager, (mixed_images, mixed_logits, lam), atol=1e-6)
+
+
+def test_mixup_lam_follows_the_beta_distribution_and_alpha_zero_disables_it():
+  keys = jax.random.split(jax.random.key(0), 300)
+  lams = np.array([float(_mixup(k, _MIX_IMAGES, _MIX_LOGITS, 0.8)[2]) for k in keys])
+  assert lams.min() >= 0.0 and lams.max() <= 1.0
+  # Beta(0.8, 0.8) has mean 1/2 and variance 1/(4 * 2.6) ~ 0.096.
+  assert abs(lams.mean() - 0.5) < 0.06 and abs(lams.var() - 0.096) < 0.03
+  out_images, out_targets, lam = student.mixup(jax.random.key(0), _MIX_IMAGES, None, 0.0)
+  assert out_targets is None and float(lam) == 1.0 and out_images is _MIX_IMAGES
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation.
+
+
+def _windows(image, padding, fill):
+  """Every crop (and its mirror) of the fill-padded image, as a list of arrays."""
+  h, w, c = image.shape
+  canvas = np.empty((h + 2 * padding, w + 2 * padding, c), image.dtype)
+  canvas[...] = fill
+  canvas[padding : padding + h, padding : padding + w] = image
+  out = []
+  for top in range(2 * padding + 1):
+    for left in range(2 * padding + 1):
+      window = canvas[top : top + h, left : left + w]
+      out += [window, window[:, ::-1]]
+  return out
+
+
+def test_crop_flip_returns_windows_of_the_padded_image():
+  image = np.arange(1, 4 * 5 * 2 + 1, dtype=np.float32).reshape(4, 5, 2)
+  fill = np.array([-1.0, -2.0], np.float32)  # per-channel pad value (normalised black)
+  candidates = _windows(image, 1, fill)
+  crop = jax.jit(student.random_crop_flip, static_argnums=2)
+  seen = set()
+  for seed in range(60):
+    out = np.asarray(crop(jax.random.key(seed), jnp.asarray(image), 1, jnp.asarray(fill)))
+    matches = [i for i, c in enumerate(candidates) if np.array_equal(out, c)]
+    assert matches, f"seed {seed}: not a window of the padded image:\n{out[..., 0]}"
+    seen.add(matches[0])
+  # 9 offsets x 2 flips = 18 outcomes; 60 draws see most of them.
+  assert len(seen) >= 12
+  # No padding: only the image or its mirror.
+  for seed in range(10):
+    out = np.asarray(student.random_crop_flip(jax.random.key(seed), jnp.asarray(image), 0))
+    assert np.array_equal(out, image) or np.array_equal(out, image[:, ::-1])
+
+
+def test_augment_batch_draws_per_image():
+  image = jnp.arange(6 * 6 * 3, dtype=jnp.float32).reshape(6, 6, 3)
+  batch = jnp.broadcast_to(image, (16, 6, 6, 3))
+  for augment in ("crop_flip", "rrc_flip", "flip"):
+    out = jax.jit(student.augment_batch, static_argnums=2)(jax.random.key(3), batch, augment)
+    assert out.shape == batch.shape
+    distinct = {np.asarray(o).tobytes() for o in out}
+    assert len(distinct) > 1, augment
+  np.testing.assert_array_equal(student.augment_batch(jax.random.key(0), batch, "none"), batch)
+
+
+def test_random_resized_crop_windows():
+  image = jnp.arange(8 * 8, dtype=jnp.float32).reshape(8, 8, 1)
+  rrc = jax.jit(student.random_resized_crop_flip, static_argnames=("scale", "ratio"))
+  # The whole image as the window: the resample is the identity (up to the flip).
+  out = rrc(jax.random.key(0), image, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+  assert np.allclose(out, image, atol=1e-4) or np.allclose(out, image[:, ::-1], atol=1e-4)
+  # Small windows: every output value lies within the image's range (a zoomed-in window,
+  # no padding), and an upsampled window varies less than the whole image.
+  for seed in range(5):
+    out = rrc(jax.random.key(seed), image, scale=(0.1, 0.3))
+    assert float(out.min()) >= -1e-4 and float(out.max()) <= 63 + 1e-4
+    assert float(out.max() - out.min()) < 63
+
+
+# ---------------------------------------------------------------------------------------------
+# Config.
+
+
+def test_config_from_a_config_dict_and_validation():
+  block = ml_collections.ConfigDict(
+    {"arch": "convnet_tiny", "epochs": 3.0, "lr": 1, "augment": "none", "eval_seeds": 3}
+  )
+  cfg = student.StudentConfig.from_config(block)
+  assert cfg.arch == "convnet_tiny" and cfg.epochs == 3 and isinstance(cfg.epochs, int)
+  assert cfg.lr == 1.0 and cfg.temperature == 30.0 and cfg.batch_size == 64
+  with pytest.raises(InputError, match="epochs"):
+    student.StudentConfig.from_config({"epochs": 2.5})
+  with pytest.raises(InputError, match="not a registered architecture"):
+    student.StudentConfig(arch="resnet9000")
+  with pytest.raises(InputError, match="optimizer"):
+    student.StudentConfig(optimizer="lamb")
+  with pytest.raises(InputError, match="augment"):
+    student.StudentConfig(augment="cutmix")
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end on the digits.
+
+
+@pytest.fixture(scope="module")
+def digits():
+  """200 normalised digits training images, a decent linear teacher's logits on them, and the
+  teacher as a JAX function (ridge regression on the whole training split: ~93% test top-1)."""
+  dataset = sources.load_dataset("digits")
+  info = dataset.info
+
+  def normalised(source, indices):
+    return np.asarray(pipeline.normalize(source.images(indices), info.mean, info.std))
+
+  x_all = normalised(dataset.train, np.arange(len(dataset.train))).reshape(len(dataset.train), -1)
+  features = np.concatenate([x_all, np.ones((len(x_all), 1))], axis=1)
+  targets = 10.0 * np.eye(10)[dataset.train.labels]
+  weights = np.linalg.solve(
+    features.T @ features + np.eye(features.shape[1]), features.T @ targets
+  ).astype(np.float32)
+  indices = np.random.default_rng(0).choice(len(dataset.train), 200, replace=False)
+  images = normalised(dataset.train, indices)
+  soft = np.concatenate([images.reshape(200, -1), np.ones((200, 1), np.float32)], 1) @ weights
+  weights_jnp = jnp.asarray(weights)
+
+  def teacher(batch):
+    return batch.reshape(batch.shape[0], -1) @ weights_jnp[:-1] + weights_jnp[-1]
+
+  return {
+    "dataset": dataset,
+    "images": images,
+    "soft": soft.astype(np.float32),
+    "hard": dataset.train.labels[indices].astype(np.int32),
+    "teacher": teacher,
+  }
+
+
+def small_config(**overrides):
+  base = dict(
+    arch="convnet_tiny", epochs=15, batch_size=32, lr=0.01, crop_padding=1, log_every_epochs=5
+  )
+  return student.StudentConfig(**{**base, **overrides})
+
+
+def run(digits, cfg, soft=True, hard=True, **kwargs):
+  kwargs.setdefault("log", lambda line: None)
+  return student.train_student(
+    cfg,
+    digits["images"],
+    digits["soft"] if soft else None,
+    digits["hard"] if hard else None,
+    digits["dataset"].test,
+    digits["dataset"].info,
+    **kwargs,
+  )
+
+
+@pytest.fixture(scope="module")
+def static_run(digits):
+  """One static-soft-label run of the small config, shared by the tests that compare to it."""
+  lines = []
+  return run(digits, small_config(), log=lines.append), lines
+
+
+@pytest.mark.slow
+def test_static_soft_labels_learn_and_are_reproducible(digits, static_run):
+  first, lines = static_run
+  assert first["label_mode"] == "static"
+  assert first["final_top1"] > 0.3, first  # chance is 0.1; ~0.55 expected
+  assert first["steps"] == 15 * (200 // 32) and first["steps_per_epoch"] == 6
+  assert first["best_top1"] is None and first["best_epoch"] is None
+  assert [h["epoch"] for h in first["history"]] == [15]
+  assert first["params"] > 0 and first["images_per_second"] > 0
+  assert any("img/s" in line for line in lines)
+  assert any("final-epoch test top-1" in line for line in lines)
+  second = run(digits, small_config())
+  assert second["final_top1"] == first["final_top1"]
+  assert second["final_loss"] == first["final_loss"]  # bitwise: same seed, same steps
+
+
+@pytest.mark.slow
+def test_hard_labels_learn_with_sgd_and_track_the_best_epoch(digits):
+  lines = []
+  cfg = small_config(optimizer="sgd", lr=0.05, weight_decay=5e-4, eval_every_epochs=5)
+  result = run(digits, cfg, soft=False, log=lines.append)
+  assert result["label_mode"] == "hard"
+  assert result["final_top1"] > 0.3, result
+  assert [h["epoch"] for h in result["history"]] == [5, 10, 15]
+  assert result["best_top1"] == max(h["top1"] for h in result["history"])
+  assert result["best_epoch"] in (5, 10, 15)
+  assert any("selected on the test set" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_dynamic_labels_replace_the_stored_ones(digits, static_run):
+  # The label_fn alone is enough (no stored labels), and it changes the training.
+  dynamic = run(digits, small_config(), soft=False, hard=False, label_fn=digits["teacher"])
+  assert dynamic["label_mode"] == "dynamic"
+  assert np.isfinite(dynamic["final_loss"])
+  assert dynamic["final_loss"] != static_run[0]["final_loss"]
+
+
+def test_batch_size_errors_and_small_sets(digits):
+  with pytest.raises(InputError, match=r"not divisible by the 8 devices.*e\.g\. 24 or 32"):
+    run(digits, small_config(batch_size=30))
+  tiny = {**digits, "images": digits["images"][:5], "soft": digits["soft"][:5]}
+  tiny["hard"] = digits["hard"][:5]
+  with pytest.raises(InputError, match="fewer than the 8 devices"):
+    run(tiny, small_config())
+  with pytest.raises(InputError, match="soft_labels must be"):
+    student.train_student(
+      small_config(),
+      digits["images"],
+      digits["soft"][:, :5],
+      None,
+      digits["dataset"].test,
+      digits["dataset"].info,
+    )
+  with pytest.raises(InputError, match="needs targets"):
+    run(digits, small_config(), soft=False, hard=False)
+  with pytest.raises(InputError, match="normalised space"):
+    student.train_student(
+      small_config(),
+      (digits["images"] * 10).astype(np.int32),
+      digits["soft"],
+      None,
+      digits["dataset"].test,
+      digits["dataset"].info,
+    )
+
+
+def test_a_set_smaller_than_the_batch_is_one_clamped_batch_per_epoch():
+  lines = []
+  assert student.effective_batch_size(64, 20, 8, lines.append) == 16
+  assert "smaller than batch_size 64" in lines[0] and "4 dropped" in lines[0]
+  assert student.effective_batch_size(64, 24, 8, lines.append) == 24
+  assert student.effective_batch_size(64, 100, 8, lines.append) == 64
+  assert student.effective_batch_size(64, 64, 1, lines.append) == 64
+  assert len(lines) == 2
+
+
+def test_the_step_compiles_once_and_is_a_function_of_seed_and_step(digits):
+  info = digits["dataset"].info
+  # No augmentation or MixUp: this test is about the step's bookkeeping, and they compile slowly.
+  cfg = small_config(batch_size=16, augment="none", mixup_alpha=0.0)
+  mesh = train.data_mesh()
+  model = models.create_model(cfg.arch, 10)
+  tx = student.make_optimizer(cfg, total_steps=10)
+  data = jax.device_put(
+    {"images": digits["images"][:32], "soft_labels": digits["soft"][:32]}, train.replicated(mesh)
+  )
+  step_kwargs = dict(
+    num_examples=32,
+    batch_size=16,
+    mean=info.mean,
+    std=info.std,
+    mesh=mesh,
+    num_classes=10,
+    label_mode="static",
+  )
+
+  step = student.make_student_step(model, tx, cfg, **step_kwargs)
+
+  def losses():
+    state = train.create_train_state(model, tx, jax.random.key(0, impl="rbg"), (8, 8, 3), mesh)
+    out = []
+    for _ in range(5):  # crosses two epoch boundaries (2 steps per epoch)
+      state, metrics = step(state, data)
+      jax.block_until_ready(state)
+      out.append(float(metrics["loss"]))
+    assert step._cache_size() == 1
+    assert int(state.step) == 5
+    return out
+
+  assert losses() == losses()
+
+
+def test_config_is_frozen():
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    student.StudentConfig().epochs = 3  # type: ignore[misc]
