@@ -49,7 +49,68 @@ def base_config() -> ml_collections.ConfigDict:
   c.squeeze.log_every_steps = 50
   c.squeeze.dtype = "float32"  # computation dtype: float32 | bfloat16
   c.squeeze.worker_count = 0  # grain worker processes for augmentation (0 = in-process)
+
+  # Distill: the INFER budget and its stages (ALGORITHM.md "Recover", "Relabel", recipes).
+  c.ipc = 10  # images-per-class budget; K = ipc * C // (C + M) subsets
+
+  c.recover = ml_collections.ConfigDict()
+  c.recover.iterations = 1000
+  c.recover.lr = 0.25
+  c.recover.r_bn = 1.0
+  c.recover.first_bn_multiplier = 10.0
+  c.recover.jitter = 4
+  c.recover.augment = "roll"  # roll | rrc_flip_roll | none
+  c.recover.checkpoint_every = 100
+  c.recover.log_every = 100
+
+  c.synthetic = ml_collections.ConfigDict()
+  c.synthetic.compensator_dtype = "float32"  # float32 | float16 | bfloat16
+  c.synthetic.label_dtype = "float32"  # float32 | float16 | bfloat16
+  c.synthetic.relabel_batch_size = 500
+
+  # Student: trained from scratch on each synthetic set (static soft labels, MixUp, KL).
+  c.student = ml_collections.ConfigDict()
+  c.student.arch = "resnet18"
+  c.student.width = 1.0
+  c.student.epochs = 400
+  c.student.batch_size = 64
+  c.student.optimizer = "adamw"  # adamw | sgd
+  c.student.lr = 1e-3
+  c.student.weight_decay = 0.01
+  c.student.momentum = 0.9
+  c.student.temperature = 30.0
+  c.student.mixup_alpha = 0.8
+  c.student.augment = "crop_flip"  # crop_flip | rrc_flip | none
+  c.student.crop_padding = 4
+  c.student.eval_every_epochs = 0
+  c.student.log_every_epochs = 0
+  c.student.dtype = "float32"
   return c
+
+
+def parse_arg(arg: str | None, **defaults):
+  """Parses a config argument ``'ipc=50,width=0.25'`` (``--config=file.py:ARG``).
+
+  Values are converted to the type of the default of the same key.
+
+  Raises:
+    InputError: an unknown key or a value of the wrong type.
+  """
+  values = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    if not sep or key not in defaults:
+      raise InputError(
+        f"Bad config argument {item!r}: use key=value with keys "
+        f"{sorted(defaults)}, e.g. --config=configs/cifar10.py:ipc=50."
+      )
+    try:
+      values[key] = type(defaults[key])(value)
+    except ValueError as e:
+      raise InputError(
+        f"Config argument {key}={value!r} is not a {type(defaults[key]).__name__}."
+      ) from e
+  return values
 
 
 def teacher_names(config: ml_collections.ConfigDict) -> list[str]:

@@ -1,0 +1,151 @@
+"""The main job end to end on the digits: pipeline, reuse, SIGKILL resume, bad input."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from infer_jax import distill, synthetic
+from infer_jax.errors import InputError
+from tests.test_squeeze import REPO, tiny_config
+
+TEACHERS = "resnet_tiny,convnet_tiny"  # M = 2: with ipc 10 and 10 classes, K = 8
+
+
+def distill_config(workdir, **recover):
+  c = tiny_config(workdir, teachers=TEACHERS, epochs=3)
+  c.recover.iterations = recover.pop("iterations", 20)
+  c.recover.checkpoint_every = recover.pop("checkpoint_every", 10)
+  c.recover.log_every = 0
+  c.student.epochs = 4
+  return c
+
+
+@pytest.fixture(scope="module")
+def teachers_dir(tmp_path_factory):
+  """Teachers trained once for the module; tests copy them into their own workdir."""
+  root = tmp_path_factory.mktemp("teachers")
+  from infer_jax import squeeze
+
+  squeeze.squeeze(distill_config(root))
+  return root / "teachers"
+
+
+def _workdir(tmp_path, teachers_dir, name="w"):
+  work = tmp_path / name
+  shutil.copytree(teachers_dir, work / "teachers")
+  return work
+
+
+def test_distill_end_to_end_and_reuse(tmp_path, teachers_dir, capsys):
+  work = _workdir(tmp_path, teachers_dir)
+  summary = distill.distill(distill_config(work))
+  assert summary["K"] == 8 and summary["M"] == 2
+  rows = {r["method"]: r for r in summary["rows"]}
+  infer, random = rows["INFER"], rows["Random real (static labels)"]
+  assert infer["instances"] == 8 * 3 * 10 and random["instances"] == 10 * 10
+  assert abs(infer["student_steps"] - random["student_steps"]) <= 3  # same work for both
+  for row in rows.values():
+    assert 0.0 <= row["top1"] <= 1.0
+    b = row["bytes"]
+    assert b["total"] == b["images"] + b["compensators"] + b["labels"]
+    assert row["compression_ratio"] == pytest.approx(b["total"] / (1438 * 8 * 8 * 3))
+  assert infer["bytes"]["compensators"] == 8 * 2 * 8 * 8 * 3 * 4  # K*M float32 images
+  assert os.path.exists(work / "summary.json")
+  s = synthetic.load(str(work / "synthetic" / "infer.npz"), expected={"dataset": "digits"})
+  assert s.compensators.shape == (8, 2, 8, 8, 3) and s.labels.shape == (8, 3, 10, 10)
+  assert len(np.unique(s.source_indices)) == 80  # K*C distinct real images
+  assert {"squeeze", "recover", "relabel", "total"} <= set(summary["stage_seconds"])
+  capsys.readouterr()
+  distill.distill(distill_config(work))  # second run reuses teachers and the set
+  out = capsys.readouterr().out
+  assert "not retraining" in out and "reusing the synthetic set" in out
+
+
+@pytest.mark.slow
+def test_sigkill_mid_recover_resumes_to_the_same_synthetic_set(tmp_path, teachers_dir):
+  iterations, every = 300, 10
+  straight = _workdir(tmp_path, teachers_dir, "straight")
+  distill.distill(distill_config(straight, iterations=iterations, checkpoint_every=every))
+
+  killed = _workdir(tmp_path, teachers_dir, "killed")
+  args = [
+    sys.executable,
+    "-m",
+    "infer_jax.distill",
+    "--config=configs/tiny.py",
+    f"--config.workdir={killed}",
+    f"--config.teachers={TEACHERS}",
+    f"--config.recover.iterations={iterations}",
+    f"--config.recover.checkpoint_every={every}",
+    "--config.recover.log_every=0",
+    "--config.squeeze.epochs=3",
+    "--config.student.epochs=4",
+  ]
+  proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  first = killed / "recover" / "infer" / "0_resnet_tiny"
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    if first.exists() and any(d.isdigit() for d in os.listdir(first)):
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "the run ended before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (killed / "synthetic" / "infer.npz").exists()
+  resumed = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resuming at iteration" in resumed.stdout
+  a = synthetic.load(str(straight / "synthetic" / "infer.npz"))
+  b = synthetic.load(str(killed / "synthetic" / "infer.npz"))
+  np.testing.assert_array_equal(a.compensators, b.compensators)  # bit for bit
+  np.testing.assert_array_equal(a.labels, b.labels)
+  np.testing.assert_array_equal(a.images, b.images)
+
+
+def test_ipc_too_small_is_refused_before_any_work(tmp_path):
+  c = distill_config(tmp_path / "w")
+  c.ipc = 1
+  with pytest.raises(InputError, match="ipc >= 2"):
+    distill.distill(c)
+  assert not (tmp_path / "w" / "teachers").exists()
+
+
+def test_teachers_of_another_setting_are_refused(tmp_path, teachers_dir):
+  work = _workdir(tmp_path, teachers_dir)
+  c = distill_config(work)
+  c.data.image_size = 16  # the teachers were trained on 8x8 images
+  with pytest.raises(InputError, match="image_shape"):
+    distill.distill(c)
+
+
+def test_corrupted_synthetic_set_is_refused(tmp_path, teachers_dir):
+  work = _workdir(tmp_path, teachers_dir)
+  distill.distill(distill_config(work))
+  path = work / "synthetic" / "infer.npz"
+  data = path.read_bytes()
+  path.write_bytes(data[: len(data) // 2])  # truncated, e.g. by a full disk
+  with pytest.raises(InputError):
+    distill.distill(distill_config(work))
+
+
+def test_cli_quick_start_command_reports_an_error_cleanly(tmp_path):
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "infer_jax.distill",
+      "--config=configs/tiny.py:ipc=1",
+      f"--config.workdir={tmp_path}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert result.returncode == 2 and "ipc >= 2" in result.stderr and "Traceback" not in result.stderr
