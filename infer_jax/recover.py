@@ -38,7 +38,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from infer_jax import bn_stats, checkpoint
+from infer_jax import bn_stats, checkpoint, train
 from infer_jax.errors import InputError
 
 PARAMETERISATIONS = ("compensator", "class_specific")
@@ -379,12 +379,15 @@ def recover_teacher(
       )
     return loss
 
+  serialize = train.one_step_in_flight(mesh)
   t0 = time.perf_counter()
   window = (t0, start)
   metrics = None
   for it in range(start, cfg.iterations):
     iteration = jax.device_put(np.int32(it), repl)
     params, opt_state, metrics = step(variables, params, opt_state, base_d, labels_d, iteration)
+    if serialize:
+      jax.block_until_ready(params)
     done = it + 1
     if it == start:
       jax.block_until_ready(params)
