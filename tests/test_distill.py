@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from infer_jax import distill, synthetic
+from infer_jax import distill, export, synthetic
 from infer_jax.errors import InputError
 from tests.test_squeeze import REPO, tiny_config
 
@@ -61,6 +61,10 @@ def test_distill_end_to_end_and_reuse(tmp_path, teachers_dir, capsys):
   assert s.compensators.shape == (8, 2, 8, 8, 3) and s.labels.shape == (8, 3, 10, 10)
   assert len(np.unique(s.source_indices)) == 80  # K*C distinct real images
   assert {"squeeze", "recover", "relabel", "total"} <= set(summary["stage_seconds"])
+  png = tmp_path / "png"
+  assert export.main([str(work / "synthetic" / "infer.npz"), str(png)]) == 0
+  assert len(list(png.glob("*/*.png"))) == 8 * 3 * 10
+  assert export.main([str(work / "synthetic" / "infer.npz"), str(png)]) == 2  # never overwrites
   capsys.readouterr()
   distill.distill(distill_config(work))  # second run reuses teachers and the set
   out = capsys.readouterr().out
