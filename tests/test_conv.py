@@ -1,0 +1,228 @@
+"""Conv2D: the nn.Conv replacement of every model, checked against nn.Conv itself.
+
+Each case builds ``nn.Conv`` exactly as the models used to (symmetric ``kernel // 2``
+padding, ``conv_init``) and the ``Conv2D`` returned by ``common.conv``, runs both on the
+same parameters and compares outputs, input gradients and parameter gradients, for the
+forced CPU forms ('shifted' depthwise, 'matmul' 1x1) and forced 'xla'; 'auto' is checked to
+compile to the CPU forms here and to agree with both.
+"""
+
+from __future__ import annotations
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from infer_jax.models import common
+from infer_jax.models.common import conv, conv_impl
+
+RTOL = 1e-5
+# Initialisation keys: rbg, because every threefry sampling of a new shape is a slow XLA:CPU
+# compilation (seconds per test otherwise).
+KEY = jax.random.key(0, impl="rbg")
+
+# (in_channels, features, kernel, stride, groups, spatial, use_bias): depthwise k=3/5 at
+# stride 1/2 on odd and even sizes (stride 2 drops the last row/column of an even input but
+# not of an odd one), dense 3x3 and 1x1 (stride 1 and 2), grouped 1x1 and 3x3; each kind
+# with and without bias. Kept few: each case is one XLA compilation (~0.5 s for k=5).
+CASES = {
+  "dw3_s1_7": (8, 8, 3, 1, 8, 7, False),
+  "dw3_s1_8_bias": (8, 8, 3, 1, 8, 8, True),
+  "dw3_s2_7_bias": (8, 8, 3, 2, 8, 7, True),
+  "dw3_s2_8": (8, 8, 3, 2, 8, 8, False),
+  "dw5_s1_7_bias": (6, 6, 5, 1, 6, 7, True),
+  "dw5_s2_7": (6, 6, 5, 2, 6, 7, False),
+  "dw5_s2_8_bias": (6, 6, 5, 2, 6, 8, True),
+  "dense3_s1_7_bias": (4, 6, 3, 1, 1, 7, True),
+  "dense3_s2_8": (4, 6, 3, 2, 1, 8, False),
+  "dense1_s1_7_bias": (8, 5, 1, 1, 1, 7, True),
+  "dense1_s2_8": (8, 5, 1, 2, 1, 8, False),
+  "group1_s1_8_bias": (8, 6, 1, 1, 2, 8, True),
+  "group1_s2_7": (8, 6, 1, 2, 2, 7, False),
+  "group3_s1_7": (8, 6, 3, 1, 2, 7, False),
+}
+# Implementation pairs (depthwise, pointwise) forced through the module attributes. 'auto'
+# is the first pair on CPU (test_auto_uses_direct_forms_on_cpu_and_lax_conv_otherwise).
+IMPLS = [("shifted", "matmul"), ("xla", "xla")]
+
+
+def reference_conv(features, kernel, stride, groups, use_bias, dtype=jnp.float32):
+  """The nn.Conv that ``common.conv`` built before Conv2D existed."""
+  p = kernel // 2
+  return nn.Conv(
+    features,
+    (kernel, kernel),
+    strides=(stride, stride),
+    padding=((p, p), (p, p)),
+    feature_group_count=groups,
+    use_bias=use_bias,
+    kernel_init=common.conv_init,
+    dtype=dtype,
+  )
+
+
+def assert_close(actual, expected, rtol=RTOL):
+  """Every leaf within ``rtol`` of the reference, relative to the reference's largest entry."""
+
+  def check(a, e):
+    scale = float(jnp.max(jnp.abs(e.astype(jnp.float32))))
+    chex.assert_trees_all_close(a, e, rtol=rtol, atol=rtol * scale)
+
+  chex.assert_trees_all_equal_shapes_and_dtypes(actual, expected)
+  jax.tree.map(check, actual, expected)
+
+
+def init(module, x):
+  """``module.init`` run with lax.conv.
+
+  Parameters are created before any implementation is chosen, and one conv op is far cheaper
+  to dispatch eagerly than k*k slices or a platform cond.
+  """
+  with conv_impl(depthwise="xla", pointwise="xla"):
+    return module.init(KEY, x)
+
+
+def outputs_and_grads(module, params, x, cotangent):
+  """Forward output and the gradients of ``<y, cotangent>`` w.r.t. x and the parameters."""
+
+  def f(x, params):
+    return module.apply({"params": params}, x)
+
+  y, vjp = jax.vjp(f, x, params)
+  dx, dparams = vjp(cotangent.astype(y.dtype))
+  return y, dx, dparams
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_matches_nn_conv(case):
+  """Outputs, input and parameter gradients equal nn.Conv's for every implementation."""
+  cin, features, kernel, stride, groups, size, use_bias = CASES[case]
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, size, size, cin)), jnp.float32)
+  params = {"kernel": jnp.asarray(rng.normal(size=(kernel, kernel, cin // groups, features)))}
+  if use_bias:
+    params["bias"] = jnp.asarray(rng.normal(size=(features,)), jnp.float32)
+  params = jax.tree.map(lambda p: p.astype(jnp.float32), params)
+  ref = reference_conv(features, kernel, stride, groups, use_bias)
+  cotangent = jnp.asarray(rng.normal(size=jax.eval_shape(ref.apply, {"params": params}, x).shape))
+  ours = [
+    conv(features, kernel, stride, groups, use_bias, depthwise_impl=dw, pointwise_impl=pw)
+    for dw, pw in IMPLS
+  ]
+
+  # One compilation per case: op-by-op dispatch of the k*k distinct slices is slower.
+  @jax.jit
+  def run(x, params):
+    expected = outputs_and_grads(ref, params, x, cotangent)
+    return expected, [outputs_and_grads(m, params, x, cotangent) for m in ours]
+
+  expected, actual = run(x, params)
+  for impl, result in zip(IMPLS, actual, strict=True):
+    try:
+      assert_close(result, expected)
+    except AssertionError as e:
+      raise AssertionError(f"implementation {impl}") from e
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_params_match_nn_conv(case):
+  """Same tree, shapes, dtypes and (same rng) values as nn.Conv: checkpoints are unchanged."""
+  cin, features, kernel, stride, groups, size, _ = CASES[case]
+  x = jnp.zeros((1, size, size, cin))
+  for use_bias in (False, True):
+    ours = init(conv(features, kernel, stride, groups, use_bias=use_bias), x)
+    ref = reference_conv(features, kernel, stride, groups, use_bias).init(KEY, x)
+    chex.assert_trees_all_equal(ours, ref)
+    assert set(ours["params"]) == ({"kernel", "bias"} if use_bias else {"kernel"})
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda i: i[0])
+@pytest.mark.parametrize("case", ["dw3_s2_7_bias", "dense1_s1_7_bias", "group1_s1_8_bias"])
+def test_bfloat16_compute_float32_params(case, impl):
+  """dtype=bfloat16: bfloat16 activations and input gradients, float32 parameters/gradients."""
+  cin, features, kernel, stride, groups, size, _ = CASES[case]
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, size, size, cin)), jnp.float32)
+  dw, pw = impl
+  ours = conv(
+    features, kernel, stride, groups, dtype=jnp.bfloat16, depthwise_impl=dw, pointwise_impl=pw
+  )
+  ref = reference_conv(features, kernel, stride, groups, False, dtype=jnp.bfloat16)
+  params = init(ours, x)["params"]
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+  cotangent = jnp.ones((2, *ref.apply({"params": params}, x).shape[1:]))
+  run = jax.jit(outputs_and_grads, static_argnums=0)
+  y, dx, dparams = run(ours, params, x.astype(jnp.bfloat16), cotangent)
+  chex.assert_type([y, dx], jnp.bfloat16)
+  chex.assert_type(dparams["kernel"], jnp.float32)
+  # Both round inputs and weights to bfloat16 and accumulate in float32; they may differ in
+  # the last bit of a bfloat16 result.
+  expected = run(ref, params, x.astype(jnp.bfloat16), cotangent)
+  assert_close((y, dx, dparams), expected, rtol=1e-2)
+
+
+def test_forced_implementations_agree_and_conv_impl_overrides_auto():
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(3, 9, 9, 12)), jnp.float32)
+  module = conv(12, 3, 2, groups=12, use_bias=True)
+  variables = init(module, x)
+  auto = jax.jit(module.apply)(variables, x)
+  for depthwise in ("shifted", "xla"):
+    forced = jax.jit(module.clone(depthwise_impl=depthwise).apply)(variables, x)
+    with conv_impl(depthwise=depthwise):
+      overridden = jax.jit(module.apply)(variables, x)
+    assert_close(forced, auto)
+    assert_close(overridden, auto)
+  with pytest.raises(ValueError, match="Unknown depthwise"), conv_impl(depthwise="einsum"):
+    pass
+  with pytest.raises(ValueError, match="Unknown pointwise"):
+    conv(4, 1, pointwise_impl="shifted").init(jax.random.key(0), x)
+
+
+def _compiled_hlo(modules, x, **override):
+  """Optimised CPU HLO of the forward + input and weight gradients of ``modules`` on ``x``."""
+  variables = [init(m, x) for m in modules]
+
+  def loss(x, variables):
+    return sum(jnp.sum(jnp.sin(m.apply(v, x))) for m, v in zip(modules, variables, strict=True))
+
+  with conv_impl(**override):
+    lowered = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, variables)
+  return lowered.compile().as_text()
+
+
+def test_auto_uses_direct_forms_on_cpu_and_lax_conv_otherwise():
+  """On the CPU backend 'auto' compiles depthwise and 1x1 convolutions without a conv op."""
+  assert jax.default_backend() == "cpu"
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 8, 8, 8)), jnp.float32)
+  direct = [conv(8, 3, 1, groups=8), conv(8, 3, 2, groups=8), conv(6, 1), conv(6, 1, 2, 2)]
+  assert "convolution(" not in _compiled_hlo(direct, x)
+  assert "convolution(" in _compiled_hlo(direct, x, depthwise="xla", pointwise="xla")
+  # Dense and grouped k > 1 convolutions always go to lax.conv.
+  assert "convolution(" in _compiled_hlo([conv(6, 3), conv(6, 3, groups=2)], x)
+
+
+def test_leading_batch_dims_like_nn_conv():
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 3, 7, 7, 4)), jnp.float32)
+  ours, ref = conv(4, 3, 2, groups=4), reference_conv(4, 3, 2, 4, False)
+  variables = ref.init(KEY, x)
+  for xs in (x, x[0, 0]):
+    assert_close(jax.jit(ours.apply)(variables, xs), ref.apply(variables, xs))
+
+
+def test_model_logits_unchanged_by_implementation():
+  """A whole MobileNetV2 (depthwise, 1x1, dense stem) gives the same logits either way."""
+  from infer_jax.models import create_model
+
+  model = create_model("mobilenetv2_tiny", 10, stem="cifar")
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 32, 32, 3)), jnp.float32)
+  with conv_impl(depthwise="xla", pointwise="xla"):
+    variables = jax.jit(lambda x: model.init(KEY, x, train=False))(x)
+
+  def logits(variables, x):
+    return model.apply(variables, x, train=False)
+
+  with conv_impl(depthwise="xla", pointwise="xla"):
+    ref = jax.jit(logits)(variables, x)
+  np.testing.assert_allclose(jax.jit(logits)(variables, x), ref, rtol=1e-4, atol=1e-5)
