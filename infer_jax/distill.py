@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import time
@@ -49,15 +48,6 @@ def _normalize(images: np.ndarray, info: sources.DatasetInfo) -> np.ndarray:
   mean = np.asarray(info.mean, np.float32)
   std = np.asarray(info.std, np.float32)
   return (images.astype(np.float32) / 255.0 - mean) / std
-
-
-def _write_json(path: str, obj: Any) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)  # a reader never sees half a file
 
 
 def load_teachers(
@@ -285,7 +275,7 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
     "config": config.to_dict(),
   }
   _print_summary(summary)
-  _write_json(os.path.join(workdir, "summary.json"), summary)
+  checkpoint.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
   return summary
 
 

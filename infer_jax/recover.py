@@ -271,19 +271,6 @@ def make_step(
   return jax.jit(step, donate_argnums=(1, 2))
 
 
-def clip_to_image(x: jax.Array | np.ndarray, mean, std):
-  """Clips normalised images to the normalised image of [0, 1], per channel.
-
-  Args:
-    x: ``[..., 3]`` normalised images.
-    mean, std: per-channel normalisation.
-  """
-  mean = np.asarray(mean, np.float32)
-  std = np.asarray(std, np.float32)
-  xp = np if isinstance(x, np.ndarray) else jnp
-  return xp.clip(x, -mean / std, (1 - mean) / std)
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -414,11 +401,6 @@ def recover_teacher(
   if ckpt is not None:
     ckpt.close()
   return np.asarray(params)[:k]
-
-
-def compensated(base: np.ndarray, params: np.ndarray, mean, std) -> np.ndarray:
-  """The stored instances ``clip(base + params)`` (float32 ``[K, C, H, W, 3]``)."""
-  return clip_to_image(base.astype(np.float32) + params.astype(np.float32), mean, std)
 
 
 def recover_all(

@@ -13,7 +13,6 @@ run would; a finished teacher is loaded, not retrained.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import zlib
@@ -47,11 +46,6 @@ def expected_teacher(
     "image_shape": list(info.image_shape),
     "dataset": info.name,
   }
-
-
-def _fmt_time(seconds: float) -> str:
-  seconds = int(round(seconds))
-  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -151,7 +145,7 @@ def train_teacher(
       print(
         f"[{architecture}] epoch {epoch:6.2f}/{sq.epochs} step {step}/{total_steps} "
         f"loss {float(metrics['loss']):.4f} acc {float(metrics['accuracy']):.3f} "
-        f"{rate:7.1f} img/s eta {_fmt_time(eta)}",
+        f"{rate:7.1f} img/s eta {train.format_duration(eta)}",
         flush=True,
       )
       window_start, window_steps = now, 0
@@ -236,7 +230,7 @@ def _print_table(results: dict[str, dict[str, Any]], info: sources.DatasetInfo) 
     seconds = meta.get("train_seconds")
     print(
       f"  {name:<20} {meta['width']:>6.3g} {100 * meta['test_accuracy']:>10.2f}% "
-      f"{_fmt_time(seconds) if seconds is not None else '-':>11}"
+      f"{train.format_duration(seconds) if seconds is not None else '-':>11}"
     )
 
 
@@ -251,10 +245,7 @@ def main(config: ml_collections.ConfigDict) -> None:
   results = squeeze(config, dataset)
   _print_table(results, dataset.info)
   path = os.path.join(config_lib.workdir(config), "teachers.json")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(results, f, indent=2)
-  os.replace(tmp, path)  # atomic: a reader never sees half a file
+  checkpoint.write_json_atomic(path, results)
 
 
 if __name__ == "__main__":

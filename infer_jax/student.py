@@ -553,11 +553,6 @@ def effective_batch_size(
   return clamped
 
 
-def _fmt_time(seconds: float) -> str:
-  seconds = int(round(seconds))
-  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
 def train_student(
   cfg: StudentConfig,
   instances,
@@ -694,7 +689,7 @@ def train_student(
       if window_images > 0:
         rate = window_images / max(now - window_start, 1e-9)
         eta = (cfg.epochs - epoch) * steps_per_epoch * batch_size / rate
-        line += f" {rate:8.1f} img/s eta {_fmt_time(eta)}"
+        line += f" {rate:8.1f} img/s eta {train.format_duration(eta)}"
       if evaluate_now:
         top1 = test_top1()
         history.append({"epoch": epoch, "top1": top1})
@@ -712,7 +707,8 @@ def train_student(
   images_per_second = steady_images / steady_seconds if steady_images and steady_seconds > 0 else 0
   summary = (
     f"{tag} final-epoch test top-1 {100 * final_top1:.2f}% after {cfg.epochs} epochs "
-    f"({total_steps} steps, {_fmt_time(train_seconds)} training, {images_per_second:.1f} img/s)"
+    f"({total_steps} steps, {train.format_duration(train_seconds)} training, "
+    f"{images_per_second:.1f} img/s)"
   )
   if best_top1 is not None:
     summary += (

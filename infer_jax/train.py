@@ -42,6 +42,12 @@ class TrainState(flax.struct.PyTreeNode):
   opt_state: PyTree
 
 
+def format_duration(seconds: float) -> str:
+  """``H:MM:SS`` for progress lines."""
+  seconds = int(round(seconds))
+  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
 def data_mesh(devices=None) -> Mesh:
   """A one-axis mesh named 'data' over all (or the given) devices."""
   devices = jax.devices() if devices is None else devices
