@@ -43,13 +43,6 @@ from infer_jax.data import sources
 FORMAT_NAME = "infer.npz"
 
 
-def _normalize(images: np.ndarray, info: sources.DatasetInfo) -> np.ndarray:
-  """uint8 ``[..., H, W, 3]`` -> float32 normalised."""
-  mean = np.asarray(info.mean, np.float32)
-  std = np.asarray(info.std, np.float32)
-  return (images.astype(np.float32) / 255.0 - mean) / std
-
-
 def load_teachers(
   config: ml_collections.ConfigDict, dataset: sources.Dataset
 ) -> list[checkpoint.Teacher]:
@@ -114,7 +107,7 @@ def build_infer_set(
 
   indices = subsets.sample_subsets(dataset.train.labels, info.num_classes, k, config.seed)
   images = dataset.train.images(indices.reshape(-1)).reshape(k, info.num_classes, *info.image_shape)
-  base = _normalize(images, info)
+  base = synthetic.normalize_uint8(images, info.mean, info.std)
   labels = np.tile(np.arange(info.num_classes), (k, 1))
   rcfg = recover.RecoverConfig.from_config(config.recover, seed=config.seed)
   print(
@@ -166,7 +159,7 @@ def build_random_set(
   )
   soft = relabel.static_labels(
     teachers,
-    _normalize(images.reshape(-1, *info.image_shape), info),
+    synthetic.normalize_uint8(images.reshape(-1, *info.image_shape), info.mean, info.std),
     batch_size=config.synthetic.relabel_batch_size,
   )
   s = synthetic.SyntheticSet(

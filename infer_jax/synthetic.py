@@ -290,6 +290,17 @@ def normalization(metadata: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
   return np.asarray(metadata["mean"], np.float32), np.asarray(metadata["std"], np.float32)
 
 
+def normalize_uint8(images: np.ndarray, mean, std) -> np.ndarray:
+  """Host-side normalisation, uint8 ``[..., H, W, 3]`` -> float32 ``(x / 255 - mean) / std``.
+
+  The one expression (and float32 rounding) used both for the real images that recover
+  optimises against and for materialised instances, so the two agree bit for bit.
+  """
+  mean = np.asarray(mean, np.float32)
+  std = np.asarray(std, np.float32)
+  return (np.asarray(images).astype(np.float32) / 255.0 - mean) / std
+
+
 def clip_bounds(metadata: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
   """float32 ``(lo [3], hi [3])``: the normalised images of pixel values 0 and 1.
 
@@ -311,8 +322,7 @@ def _fill(s: SyntheticSet, rows: np.ndarray, out: np.ndarray) -> None:
   mean, std = normalization(s.metadata)
   lo, hi = clip_bounds(s.metadata)
   k, m, c = np.unravel_index(rows, (s.K, s.M + 1, s.C))
-  # Same expression (and float32 rounding) as the normalisation used by recover/relabel.
-  out[...] = (s.images[k, c].astype(np.float32) / 255.0 - mean) / std
+  out[...] = normalize_uint8(s.images[k, c], mean, std)
   compensated = np.flatnonzero(m > 0)
   if compensated.size:
     u = s.compensators[k[compensated], m[compensated] - 1].astype(np.float32)
