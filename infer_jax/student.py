@@ -528,13 +528,7 @@ def effective_batch_size(
   Raises:
     InputError: ``batch_size`` is not a multiple of ``devices``, or ``n < devices``.
   """
-  if batch_size % devices:
-    lower = batch_size // devices * devices
-    options = f"{lower} or {lower + devices}" if lower else f"{devices}"
-    raise InputError(
-      f"batch_size {batch_size} is not divisible by the {devices} devices the batch is sharded "
-      f"over; use a multiple of {devices} (e.g. {options})."
-    )
+  pipeline.check_divisible(batch_size, devices, "batch_size")
   if n >= batch_size:
     return batch_size
   clamped = n // devices * devices

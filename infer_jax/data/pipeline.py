@@ -336,7 +336,7 @@ def _num_batch_shards(sharding: jax.sharding.Sharding) -> int:
   return 1
 
 
-def _check_divisible(batch_size: int, shards: int, what: str) -> None:
+def check_divisible(batch_size: int, shards: int, what: str) -> None:
   """InputError unless `batch_size` splits evenly over `shards` devices."""
   if batch_size % shards:
     lower = batch_size // shards * shards
@@ -590,7 +590,7 @@ def train_iterator(
 
   sharding = _batch_sharding(sharding)
   shards = _num_batch_shards(sharding)
-  _check_divisible(batch_size, shards, "batch_size")
+  check_divisible(batch_size, shards, "batch_size")
   sizes = [batch_size]
   remainder = n % batch_size
   if not drop_remainder and remainder:
@@ -600,7 +600,7 @@ def train_iterator(
         "(partial batches cannot be split between hosts); set it to True."
       )
     try:
-      _check_divisible(remainder, shards, "the last-batch size")
+      check_divisible(remainder, shards, "the last-batch size")
     except InputError as e:
       raise InputError(f"{e} Use drop_remainder=True or a batch size that divides {n}.") from e
     sizes.append(remainder)
@@ -675,7 +675,7 @@ def eval_batches(
   if batch_size <= 0:
     raise InputError(f"batch_size must be positive, got {batch_size}.")
   sharding = _batch_sharding(sharding)
-  _check_divisible(batch_size, _num_batch_shards(sharding), "eval batch_size")
+  check_divisible(batch_size, _num_batch_shards(sharding), "eval batch_size")
   rows = _process_rows(sharding, batch_size)
   return _eval_batches(source, batch_size, sharding, rows)
 
