@@ -1,16 +1,19 @@
 """Evaluate a synthetic set: train a student from scratch on it, report top-1 on the real test set.
 
-This is the "Student training (evaluation)" stage of ALGORITHM.md. The synthetic set is small
-(tens to a few thousand instances), so it lives on the devices, replicated, and every per-step
-operation runs inside one jitted step:
+This is the "Student training (evaluation)" stage of ALGORITHM.md. The set is read through the
+grain input pipeline and every per-step operation on the batch runs inside one jitted step:
 
-  shuffle (per epoch) -> gather the batch -> augment (per image) -> MixUp -> targets -> loss
+  grain: shuffle (per epoch) -> batch -> shard    device: augment (per image) -> MixUp ->
+                                                          targets -> loss -> update
 
-* Shuffle: epoch ``e`` visits the instances in the order ``permutation(fold_in(k_shuffle, e))``;
-  the last partial batch of an epoch is dropped (static shapes). A set smaller than
-  ``batch_size`` is trained with one batch of all of it per epoch (the batch size is clamped to
-  ``N``, rounded down to a multiple of the device count, with a printed note), which is what a
-  PyTorch ``DataLoader`` does with such a set.
+* Input: :class:`SetSource` exposes the instances (materialised arrays, or a ``SyntheticSet``
+  whose ``clip(x + u)`` instances are built as they are read) to
+  :func:`infer_jax.data.pipeline.train_iterator`, which shuffles with ``cfg.seed`` (a new
+  order each epoch), drops the last partial batch (static shapes), prefetches on a background
+  thread and places each global batch sharded over the mesh's 'data' axis (each process loads
+  only its own rows). A set smaller than ``batch_size`` is trained with one batch of all of it
+  per epoch (the batch size is clamped to ``N``, rounded down to a multiple of the device
+  count, with a printed note), which is what a PyTorch ``DataLoader`` does with such a set.
 * Augmentation: 'crop_flip' pads every image by ``crop_padding`` pixels per side and takes a
   random window of the original size, then flips it left-right with p=0.5. The padding is
   *black*: the instances are in normalised space, so the pad value is ``-mean/std`` per channel,
@@ -25,11 +28,12 @@ operation runs inside one jitted step:
   ``T**2`` factor; hard labels -> cross-entropy on the mixed one-hot targets; ``label_fn``
   (INFER+Dyn) -> soft labels computed on the augmented, mixed batch inside the step, same KL.
 * Randomness: parameters from ``key(seed, impl='rbg')`` (XLA:CPU compiles threefry
-  initialisers of deep networks slowly); data randomness from threefry ``key(seed)``, folded with
-  the epoch (shuffle) or the step (augmentation, MixUp). Every batch is a pure function of
-  ``(seed, state.step)``: the same seed gives the same result, bit for bit, on one machine.
-* Sharding: the state and the synthetic set are replicated over the mesh, the batch is split
-  over its 'data' axis (``batch_size`` must be divisible by the device count).
+  initialisers of deep networks slowly); the order from grain's shuffle seeded with ``seed``;
+  augmentation and MixUp from threefry ``key(seed)`` folded with the step. Every batch is a
+  pure function of ``(seed, step)``: the same seed gives the same result, bit for bit, on one
+  machine, whatever the prefetching.
+* Sharding: the state is replicated over the mesh, the batch is split over its 'data' axis
+  (``batch_size`` must be divisible by the device count).
 
 Protocol (docs/PROTOCOL.md): the figure to report is ``final_top1``. ``best_top1`` (with
 ``eval_every_epochs > 0``) selects an epoch on the test set and is for comparison with papers
@@ -66,7 +70,20 @@ RRC_SCALE = (0.08, 1.0)
 RRC_RATIO = (3 / 4, 4 / 3)
 _RRC_TRIES = 10
 
-LabelFn = Callable[[jax.Array], jax.Array]
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Labeller:
+  """INFER+Dyn's online labeller: ``fn(variables, images [B, H, W, 3]) -> logits [B, classes]``.
+
+  ``variables`` (e.g. the teachers' weights) enter the jitted student step as an argument
+  rather than being closed over: XLA would otherwise fold them into the program as constants,
+  which makes compilation very slow. Hashed by identity.
+  """
+
+  fn: Callable[[Any, jax.Array], jax.Array]
+  variables: Any
+
+LABEL_MODES = ("static", "hard", "dynamic")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,30 +414,28 @@ def make_student_step(
   tx: optax.GradientTransformation,
   cfg: StudentConfig,
   *,
-  num_examples: int,
-  batch_size: int,
   mean: Sequence[float],
   std: Sequence[float],
-  mesh: Mesh,
   num_classes: int,
   label_mode: str,
-  label_fn: LabelFn | None = None,
+  label_fn: Labeller | None = None,
 ):
-  """Builds the jitted ``step(state, data) -> (state, {'loss': []})``.
+  """Builds the jitted ``step(state, batch, key, label_variables) -> (state, {'loss': []})``.
 
-  ``data = {'images': float32 [N, H, W, 3], 'soft_labels': [N, C], 'hard_labels': int32 [N]}``
-  (keys the label mode does not need may be absent), replicated on ``mesh``. The step takes
-  batch number ``state.step``: epoch ``step // steps_per_epoch`` of the shuffled order, then
-  augments, mixes and takes the loss of ``label_mode`` ('static', 'hard' or 'dynamic').
+  ``batch = {'image': float32 [B, H, W, 3] (normalised), 'label': int32 [B],
+  'soft_label': [B, C]}`` from the input pipeline (``soft_label`` only for static labels),
+  sharded along the batch axis; ``key = data_key(seed)``; ``label_variables`` the
+  ``Labeller.variables`` of a dynamic ``label_fn`` (None otherwise). The step augments every image,
+  applies MixUp and takes the loss of ``label_mode`` ('static', 'hard' or 'dynamic'). Its
+  randomness is a pure function of ``(key, state.step)``. ``cfg.seed`` is not used: the seed
+  is an argument, so that one compiled step serves every evaluation seed.
   """
-  steps_per_epoch = num_examples // batch_size
-  base_key = jax.random.key(cfg.seed)
-  # Two independent streams, so that "epoch e" and "step e" never share a key.
-  shuffle_key = jax.random.fold_in(base_key, 0)
-  step_key = jax.random.fold_in(base_key, 1)
+  if label_mode not in LABEL_MODES:
+    raise InputError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}.")
+  if (label_mode == "dynamic") != (label_fn is not None):
+    raise InputError("label_fn is needed for, and only for, label_mode='dynamic'.")
   # Black in normalised space: what padding the [0, 1] image with 0 before normalising gives.
   fill = tuple(-m / s for m, s in zip(mean, std, strict=True))
-  batch_sharding = train.batch_sharding(mesh)
 
   def loss_fn(params, batch_stats, images, targets):
     logits, updates = model.apply(
@@ -434,27 +449,28 @@ def make_student_step(
     return loss, updates["batch_stats"]
 
   @functools.partial(jax.jit, donate_argnums=(0,))
-  def step(state: train.TrainState, data: Mapping[str, jax.Array]):
-    epoch, position = jnp.divmod(state.step, steps_per_epoch)
-    order = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), num_examples)
-    indices = jax.lax.dynamic_slice(order, (position * batch_size,), (batch_size,))
-    # Sharding the indices makes each device gather, augment and run its own rows.
-    indices = jax.lax.with_sharding_constraint(indices, batch_sharding)
-    augment_key, mixup_key = jax.random.split(jax.random.fold_in(step_key, state.step))
-
+  def step(
+    state: train.TrainState, batch: Mapping[str, jax.Array], key: jax.Array, label_variables=None
+  ):
+    augment_key, mixup_key = jax.random.split(jax.random.fold_in(key, state.step))
     images = augment_batch(
-      augment_key, data["images"][indices], cfg.augment, crop_padding=cfg.crop_padding, fill=fill
+      augment_key,
+      batch["image"].astype(jnp.float32),
+      cfg.augment,
+      crop_padding=cfg.crop_padding,
+      fill=fill,
     )
     if label_mode == "static":
-      targets = data["soft_labels"][indices].astype(jnp.float32)
+      targets = batch["soft_label"].astype(jnp.float32)
     elif label_mode == "hard":
-      targets = jax.nn.one_hot(data["hard_labels"][indices], num_classes, dtype=jnp.float32)
+      targets = jax.nn.one_hot(batch["label"], num_classes, dtype=jnp.float32)
     else:
       targets = None
     images, targets, _ = mixup(mixup_key, images, targets, cfg.mixup_alpha)
     if label_mode == "dynamic":
       # Labels of what the student actually sees (augmented and mixed): INFER+Dyn.
-      targets = jax.lax.stop_gradient(label_fn(images).astype(jnp.float32))
+      targets = label_fn.fn(label_variables, images).astype(jnp.float32)
+      targets = jax.lax.stop_gradient(targets)
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params, state.batch_stats, images, targets
@@ -469,12 +485,105 @@ def make_student_step(
   return step
 
 
+def data_key(seed: int) -> jax.Array:
+  """The key of a run's augmentation and MixUp draws (a stream apart from its shuffle seed)."""
+  return jax.random.fold_in(jax.random.key(seed), 1)
+
+
+@functools.lru_cache(maxsize=4)
+def _compiled_parts(
+  cfg: StudentConfig,
+  total_steps: int,
+  num_classes: int,
+  mean: tuple[float, ...],
+  std: tuple[float, ...],
+  label_mode: str,
+  label_fn: Labeller | None,
+):
+  """(model, optimiser, jitted train step, eval step) shared by runs that differ only in seed.
+
+  ``cfg`` must have ``seed=0``: the seed enters the step as an argument, so the evaluation
+  seeds of one method reuse one compilation.
+  """
+  model = models.create_model(
+    cfg.arch, num_classes, stem=cfg.stem, width=cfg.width, dtype=DTYPES[cfg.dtype]
+  )
+  tx = make_optimizer(cfg, total_steps)
+  step = make_student_step(
+    model,
+    tx,
+    cfg,
+    mean=mean,
+    std=std,
+    num_classes=num_classes,
+    label_mode=label_mode,
+    label_fn=label_fn,
+  )
+  return model, tx, step, train.make_eval_step(model, mean=mean, std=std)
+
+
+class SetSource:
+  """Random-access view of a synthetic set for the grain input pipeline.
+
+  ``source[i] == {'image': float32 [H, W, 3], 'label': int32, 'soft_label': float32 [C]}``
+  (``soft_label`` only when the set has soft labels), and ``read_batch(indices)`` gives the
+  same fields stacked for a whole batch in one vectorised read (what the pipeline uses).
+  Built from materialised arrays (:meth:`from_arrays`) or from a
+  :class:`~infer_jax.synthetic.SyntheticSet`, whose instances ``clip(x + u)`` are then
+  materialised as they are read, so the set never needs to exist as float32 in memory
+  (ImageNet-scale sets).
+  """
+
+  def __init__(
+    self, length: int, read_rows: Callable[[np.ndarray], dict[str, np.ndarray]], has_soft: bool
+  ):
+    self._length = length
+    self._read_rows = read_rows
+    self.has_soft = has_soft
+
+  @classmethod
+  def from_arrays(cls, images: np.ndarray, soft: np.ndarray | None, hard: np.ndarray) -> SetSource:
+    """``images`` float32 ``[N, H, W, 3]``, ``soft`` ``[N, C]`` or None, ``hard`` int ``[N]``."""
+
+    def read_rows(rows: np.ndarray) -> dict[str, np.ndarray]:
+      out = {"image": images[rows], "label": hard[rows]}
+      if soft is not None:
+        out["soft_label"] = soft[rows]
+      return out
+
+    return cls(len(images), read_rows, soft is not None)
+
+  @classmethod
+  def from_synthetic(cls, s) -> SetSource:
+    """Materialises instances of ``s`` (a validated ``SyntheticSet``) as they are read."""
+    from infer_jax import synthetic  # noqa: PLC0415  (synthetic imports nothing from here)
+
+    def read_rows(rows: np.ndarray) -> dict[str, np.ndarray]:
+      images, soft, hard = synthetic.materialize_rows(s, rows)
+      out = {"image": images, "label": hard}
+      if soft is not None:
+        out["soft_label"] = soft
+      return out
+
+    return cls(s.num_instances, read_rows, s.labels is not None)
+
+  def __len__(self) -> int:
+    return self._length
+
+  def read_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """Fields of the instances ``indices`` (int ``[b]``), each stacked: ``[b, ...]``."""
+    return self._read_rows(np.asarray(indices, np.int64))
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    return {k: v[0] for k, v in self.read_batch(np.asarray([index])).items()}
+
+
 # ---------------------------------------------------------------------------------------------
 # Orchestration.
 
 
-def _check_inputs(instances, soft_labels, hard_labels, info, label_fn):
-  """Validates and converts the synthetic set; returns (images, soft, hard, label_mode)."""
+def _check_inputs(instances, soft_labels, hard_labels, info):
+  """Validates and converts array inputs; returns (images, soft or None, hard or None)."""
   images = np.asarray(instances)
   shape = tuple(int(s) for s in info.image_shape)
   if images.ndim != 4 or images.shape[1:] != shape or images.shape[0] == 0:
@@ -506,15 +615,25 @@ def _check_inputs(instances, soft_labels, hard_labels, info, label_fn):
         f"hard_labels must lie in [0, {num_classes}), got [{hard.min()}, {hard.max()}]."
       )
     hard = hard.astype(np.int32)
-  if label_fn is not None:
-    mode = "dynamic"
-  elif soft is not None:
-    mode = "static"
-  elif hard is not None:
-    mode = "hard"
-  else:
+  return images.astype(np.float32), soft, hard
+
+
+def _label_mode(requested: str | None, has_soft: bool, has_hard: bool, label_fn) -> str:
+  """The label protocol: ``requested``, or inferred (label_fn > soft labels > hard labels)."""
+  mode = requested
+  if mode is None and not (has_soft or has_hard or label_fn is not None):
     raise InputError("Give soft_labels, hard_labels or a label_fn: the student needs targets.")
-  return images.astype(np.float32), soft, hard, mode
+  if mode is None:
+    mode = "dynamic" if label_fn is not None else "static" if has_soft else "hard"
+  if mode not in LABEL_MODES:
+    raise InputError(f"label_mode must be one of {LABEL_MODES}, got {mode!r}.")
+  if mode == "static" and not has_soft:
+    raise InputError("label_mode='static' needs soft labels (the teachers' logits); none given.")
+  if mode == "hard" and not has_hard:
+    raise InputError("label_mode='hard' needs hard labels (class indices).")
+  if (mode == "dynamic") != (label_fn is not None):
+    raise InputError("label_fn (the teacher ensemble) is needed for, and only for, dynamic labels.")
+  return mode
 
 
 def effective_batch_size(
@@ -556,26 +675,36 @@ def train_student(
   info,
   *,
   mesh: Mesh | None = None,
-  label_fn: LabelFn | None = None,
+  label_fn: Labeller | None = None,
+  label_mode: str | None = None,
   eval_batch_size: int = 500,
+  worker_count: int = 0,
   log: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
   """Trains ``cfg.arch`` from scratch on a synthetic set and evaluates it on the real test set.
 
+  The set is read through the grain input pipeline (:func:`infer_jax.data.pipeline.
+  train_iterator`: seeded shuffle, batches sharded over the mesh's 'data' axis, prefetched by a
+  background thread or ``worker_count`` processes); augmentation and MixUp run on device.
+
   Args:
     cfg: the student recipe.
-    instances: float32 ``[N, H, W, 3]`` synthetic images in the dataset's normalised space.
+    instances: float32 ``[N, H, W, 3]`` synthetic images in the dataset's normalised space, or
+      a ``synthetic.SyntheticSet`` (instances materialised as they are read; its soft labels
+      and class indices are used and ``soft_labels`` / ``hard_labels`` must be None).
     soft_labels: float32 ``[N, num_classes]`` static labels (teacher mean logits), or None.
-    hard_labels: int ``[N]`` classes, or None. Used only when there are neither soft labels nor
-      a ``label_fn``.
+    hard_labels: int ``[N]`` classes, or None.
     test_source: the real test split (uint8 ``[H, W, 3]`` images, see ``data.sources``).
     info: the dataset's ``DatasetInfo`` (class count, image shape, mean/std).
     mesh: device mesh; default all devices (``train.data_mesh()``).
-    label_fn: INFER+Dyn: a pure JAX function ``normalised images [B, H, W, 3] -> logits
-      [B, num_classes]`` (e.g. a teacher ensemble in inference mode, its weights closed over).
+    label_fn: INFER+Dyn: a :class:`Labeller`, ``fn(variables, normalised images [B, H, W, 3])
+      -> logits [B, num_classes]`` (e.g. a teacher ensemble in inference mode).
       When given it replaces the stored soft labels with labels of the augmented, mixed batch.
+    label_mode: 'static', 'hard' or 'dynamic'; default: 'dynamic' with a ``label_fn``, else
+      'static' when there are soft labels, else 'hard'.
     eval_batch_size: test batch size (rounded up to a multiple of the device count; the last
       batch is padded and masked).
+    worker_count: grain worker processes preparing batches (0: a background thread).
     log: where progress lines go.
 
   Returns:
@@ -590,43 +719,52 @@ def train_student(
     InputError: inconsistent shapes, no targets, or a batch size the devices cannot split.
   """
   mesh = train.data_mesh() if mesh is None else mesh
-  images, soft, hard, label_mode = _check_inputs(
-    instances, soft_labels, hard_labels, info, label_fn
-  )
-  n = images.shape[0]
+  if hasattr(instances, "compensators"):  # a SyntheticSet
+    if soft_labels is not None or hard_labels is not None:
+      raise InputError("Pass a SyntheticSet alone: its labels come with it.")
+    instances.validate()
+    source = SetSource.from_synthetic(instances)
+    has_hard = True
+  else:
+    images, soft, hard = _check_inputs(instances, soft_labels, hard_labels, info)
+    has_hard = hard is not None
+    if hard is None:  # the pipeline always carries a class index; unused without hard labels
+      hard = np.zeros(len(images), np.int32)
+    source = SetSource.from_arrays(images, soft, hard)
+  label_mode = _label_mode(label_mode, source.has_soft, has_hard, label_fn)
+  n = len(source)
   devices = mesh.shape["data"]
   batch_size = effective_batch_size(cfg.batch_size, n, devices, log)
   steps_per_epoch = n // batch_size
   total_steps = cfg.epochs * steps_per_epoch
 
-  model = models.create_model(
-    cfg.arch, info.num_classes, stem=cfg.stem, width=cfg.width, dtype=DTYPES[cfg.dtype]
+  model, tx, step_fn, eval_step = _compiled_parts(
+    dataclasses.replace(cfg, seed=0),
+    total_steps,
+    info.num_classes,
+    tuple(map(float, info.mean)),
+    tuple(map(float, info.std)),
+    label_mode,
+    label_fn,
   )
-  tx = make_optimizer(cfg, total_steps)
+  key = data_key(cfg.seed)
+  label_variables = None
+  if label_fn is not None:
+    label_variables = jax.device_put(label_fn.variables, train.replicated(mesh))
   state = train.create_train_state(
     model, tx, jax.random.key(cfg.seed, impl="rbg"), tuple(info.image_shape), mesh
   )
   num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
-  data = {"images": images}
-  if label_mode == "static":
-    data["soft_labels"] = soft
-  elif label_mode == "hard":
-    data["hard_labels"] = hard
-  data = jax.device_put(data, train.replicated(mesh))
-  step_fn = make_student_step(
-    model,
-    tx,
-    cfg,
-    num_examples=n,
+  batches = pipeline.train_iterator(
+    source,
     batch_size=batch_size,
-    mean=info.mean,
-    std=info.std,
-    mesh=mesh,
-    num_classes=info.num_classes,
-    label_mode=label_mode,
-    label_fn=label_fn,
+    seed=cfg.seed,
+    num_epochs=cfg.epochs,
+    augment="none",  # augmentation runs on device, inside the step
+    sharding=train.batch_sharding(mesh),
+    worker_count=worker_count,
+    extra_keys=("soft_label",) if label_mode == "static" else (),
   )
-  eval_step = train.make_eval_step(model, mean=info.mean, std=info.std)
   eval_batch_size = -(-eval_batch_size // devices) * devices
 
   def test_top1() -> float:
@@ -654,7 +792,7 @@ def train_student(
   for epoch in range(1, cfg.epochs + 1):
     segment_start = time.perf_counter()
     for _ in range(steps_per_epoch):
-      state, metrics = step_fn(state, data)
+      state, metrics = step_fn(state, next(batches), key, label_variables)
       epoch_losses.append(metrics["loss"])
       if serialize_steps:
         jax.block_until_ready(state)
@@ -691,6 +829,7 @@ def train_student(
       log(line)
       window_start, window_images = time.perf_counter(), 0
 
+  batches.close()
   final_top1 = history[-1]["top1"]
   best_top1 = best_epoch = None
   if cfg.eval_every_epochs:

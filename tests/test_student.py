@@ -219,17 +219,16 @@ def digits():
   indices = np.random.default_rng(0).choice(len(dataset.train), 200, replace=False)
   images = normalised(dataset.train, indices)
   soft = np.concatenate([images.reshape(200, -1), np.ones((200, 1), np.float32)], 1) @ weights
-  weights_jnp = jnp.asarray(weights)
 
-  def teacher(batch):
-    return batch.reshape(batch.shape[0], -1) @ weights_jnp[:-1] + weights_jnp[-1]
+  def linear(w, batch):
+    return batch.reshape(batch.shape[0], -1) @ w[:-1] + w[-1]
 
   return {
     "dataset": dataset,
     "images": images,
     "soft": soft.astype(np.float32),
     "hard": dataset.train.labels[indices].astype(np.int32),
-    "teacher": teacher,
+    "teacher": student.Labeller(linear, jnp.asarray(weights)),
   }
 
 
@@ -344,26 +343,23 @@ def test_the_step_compiles_once_and_is_a_function_of_seed_and_step(digits):
   mesh = train.data_mesh()
   model = models.create_model(cfg.arch, 10)
   tx = student.make_optimizer(cfg, total_steps=10)
-  data = jax.device_put(
-    {"images": digits["images"][:32], "soft_labels": digits["soft"][:32]}, train.replicated(mesh)
+  batch = jax.device_put(
+    {
+      "image": digits["images"][:16],
+      "label": np.arange(16, dtype=np.int32) % 10,
+      "soft_label": digits["soft"][:16],
+    },
+    train.batch_sharding(mesh),
   )
-  step_kwargs = dict(
-    num_examples=32,
-    batch_size=16,
-    mean=info.mean,
-    std=info.std,
-    mesh=mesh,
-    num_classes=10,
-    label_mode="static",
-  )
+  step_kwargs = dict(mean=info.mean, std=info.std, num_classes=10, label_mode="static")
 
   step = student.make_student_step(model, tx, cfg, **step_kwargs)
 
   def losses():
     state = train.create_train_state(model, tx, jax.random.key(0, impl="rbg"), (8, 8, 3), mesh)
     out = []
-    for _ in range(5):  # crosses two epoch boundaries (2 steps per epoch)
-      state, metrics = step(state, data)
+    for _ in range(5):
+      state, metrics = step(state, batch, student.data_key(cfg.seed))
       jax.block_until_ready(state)
       out.append(float(metrics["loss"]))
     assert step._cache_size() == 1

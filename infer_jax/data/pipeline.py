@@ -221,15 +221,34 @@ def resized_crop(
 # Batch loading.
 
 
-def _load(source: _Source, indices: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-  """Reads examples; returns (list of uint8 [H, W, 3] images, int32 [b] labels)."""
+def _load(
+  source: _Source, indices: np.ndarray, extra_keys: Sequence[str] = ()
+) -> tuple[list[np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+  """Reads examples.
+
+  A source with a ``read_batch(indices) -> {'image': [b, H, W, 3], 'label': [b], ...}`` method
+  is read with one vectorised call per batch instead of one ``source[i]`` per example.
+
+  Returns:
+    ``(images, labels, extras)``: ``[H, W, 3]`` images (a list, or an array ``[b, H, W, 3]``
+    from ``read_batch``), int32 ``[b]`` labels, and ``{key: [b, ...]}`` for every
+    ``extra_keys`` field of the examples, stacked.
+  """
+  read_batch = getattr(source, "read_batch", None)
+  if read_batch is not None:
+    batch = read_batch(np.asarray(indices, np.int64))
+    labels = np.asarray(batch["label"], np.int32)
+    return batch["image"], labels, {k: np.asarray(batch[k]) for k in extra_keys}
   examples = [source[int(i)] for i in indices]
   labels = np.asarray([ex["label"] for ex in examples], np.int32)
-  return [ex["image"] for ex in examples], labels
+  extras = {k: np.stack([np.asarray(ex[k]) for ex in examples]) for k in extra_keys}
+  return [ex["image"] for ex in examples], labels, extras
 
 
 def _stack(images: list[np.ndarray], augment: str) -> np.ndarray:
   """Stacks same-sized images into [b, H, W, 3]; a clear error when sizes differ."""
+  if isinstance(images, np.ndarray):  # already a batch (a source's read_batch)
+    return images
   try:
     return np.stack(images)
   except ValueError as e:
@@ -256,8 +275,10 @@ class _TrainBatch:
     rrc_ratio: tuple[float, float],
     output_hw: tuple[int, int],
     rows: dict[int, tuple[int, int]],
+    extra_keys: tuple[str, ...] = (),
   ):
     self.source = source
+    self.extra_keys = extra_keys
     self.augment = augment
     self.crop_padding = crop_padding
     self.rrc_scale = rrc_scale
@@ -267,7 +288,12 @@ class _TrainBatch:
     self.rows = rows
 
   def __call__(self, indices: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Loads and augments one batch. Returns {'image': uint8 [b,H,W,3], 'label': int32 [b]}."""
+    """Loads and augments one batch.
+
+    Returns:
+      ``{'image': [b, H, W, 3], 'label': int32 [b], <extra key>: [b, ...]}`` (this process's
+      rows ``b`` of the global batch; images keep the source's dtype).
+    """
     b = len(indices)
     start, stop = self.rows[b]
     # Parameters are drawn for the whole global batch and then sliced, so each example's
@@ -275,7 +301,7 @@ class _TrainBatch:
     if self.augment == "crop_flip":
       top, left = rng.integers(0, 2 * self.crop_padding + 1, (2, b))
     flip = rng.random(b) < 0.5
-    images, labels = _load(self.source, indices[start:stop])
+    images, labels, extras = _load(self.source, indices[start:stop], self.extra_keys)
     flip = flip[start:stop]
 
     if self.augment == "rrc_flip":
@@ -300,7 +326,7 @@ class _TrainBatch:
       out = flip_lr(_stack(images, self.augment), flip)
     else:
       out = _stack(images, self.augment)
-    return {"image": out, "label": labels}
+    return {"image": out, "label": labels, **extras}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -527,6 +553,7 @@ def train_iterator(
   drop_remainder: bool = True,
   worker_count: int = 0,
   prefetch: int = 2,
+  extra_keys: Sequence[str] = (),
 ) -> TrainIterator:
   """Shuffled, augmented, sharded training batches from a random-access image source.
 
@@ -552,9 +579,12 @@ def train_iterator(
     worker_count: grain worker processes preparing batches; 0 prepares them in this process.
     prefetch: with ``worker_count == 0``, batches prepared ahead by a background thread
       (0 disables).
+    extra_keys: further fields of the source's examples (e.g. ``'soft_label'``) to batch
+      alongside image and label, stacked along a new leading axis.
 
   Returns:
     A :class:`TrainIterator` yielding ``{'image': uint8 [B, H', W', 3], 'label': int32 [B]}``
+    plus ``{key: [B, ...]}`` per extra key (float32 images pass through with ``augment='none'``)
     (``H' = W' = output_size`` for 'rrc_flip', else the source image size).
 
   Raises:
@@ -584,8 +614,17 @@ def train_iterator(
     )
 
   first = np.asarray(source[0]["image"])
-  if first.dtype != np.uint8 or first.ndim != 3 or first.shape[-1] != 3:
-    raise InputError(f"source images must be uint8 [H, W, 3], got {first.dtype} {first.shape}.")
+  # Host augmentation pads and resamples uint8 pixels; float images (e.g. synthetic instances
+  # in normalised space) pass through unchanged and are augmented on device by the caller.
+  allowed = (np.uint8, np.float32) if augment == "none" else (np.uint8,)
+  if first.dtype not in allowed or first.ndim != 3 or first.shape[-1] != 3:
+    raise InputError(
+      f"source images must be {' or '.join(np.dtype(t).name for t in allowed)} [H, W, 3] for "
+      f"augment={augment!r}, got {first.dtype} {first.shape}."
+    )
+  missing = [k for k in extra_keys if k not in source[0]]
+  if missing:
+    raise InputError(f"the source's examples have no field(s) {missing} (extra_keys).")
   output_hw = (output_size, output_size) if output_size else first.shape[:2]
 
   sharding = _batch_sharding(sharding)
@@ -615,6 +654,7 @@ def train_iterator(
     rrc_ratio=tuple(rrc_ratio),
     output_hw=tuple(output_hw),
     rows=rows,
+    extra_keys=tuple(extra_keys),
   )
   batches = (
     grain.MapDataset.range(n)
@@ -637,6 +677,8 @@ def train_iterator(
     "rrc_ratio": list(map(float, rrc_ratio)),
     "output_hw": [int(v) for v in output_hw],
   }
+  if extra_keys:  # only when used, so states saved before the field existed still match
+    fingerprint["extra_keys"] = list(extra_keys)
   return TrainIterator(
     batches,
     sharding=sharding,
@@ -689,7 +731,7 @@ def _eval_batches(
   for offset in range(0, n, batch_size):
     indices = np.arange(offset + start, offset + stop)
     mask = indices < n
-    images, labels = _load(source, indices[mask])
+    images, labels, _ = _load(source, indices[mask])
     # Padding rows are zeros; when all of this process's rows are padding the image shape
     # comes from the source.
     shape = images[0].shape if images else np.shape(source[0]["image"])
