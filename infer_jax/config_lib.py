@@ -6,6 +6,8 @@ because a locked ConfigDict cannot change a field's type from the command line.
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from infer_jax.errors import InputError
@@ -31,6 +33,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.teachers = "resnet18,mobilenetv2,efficientnet_b0,shufflenet_g2"
   c.teacher_width = 1.0  # channel multiplier of every teacher (1.0 = the paper's networks)
   c.stem = "auto"  # cifar | imagenet | auto (cifar for images up to 64x64)
+  # Where teacher checkpoints live ('' = <workdir>/teachers). Point several runs (e.g. ipc 10
+  # and ipc 50) at one directory to share their teachers.
+  c.teachers_dir = ""
 
   # Squeeze: the standard teacher recipe (SGD, momentum, weight decay, cosine, crop+flip).
   c.squeeze = ml_collections.ConfigDict()
@@ -85,6 +90,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.student.eval_every_epochs = 0
   c.student.log_every_epochs = 0
   c.student.dtype = "float32"
+
+  # The comparison the distill job runs (PROTOCOL.md), same teachers, student and steps:
+  # random_hard | random | infer_wo_ufc | sre2l | infer | infer_dyn (comma-separated).
+  c.methods = "random_hard,random,infer_wo_ufc,sre2l,infer,infer_dyn"
+  c.baselines = ml_collections.ConfigDict()
+  c.baselines.sre2l_r_bn = 0.01  # SRe2L's BN weight; its recipe otherwise follows c.recover
+  c.baselines.sre2l_teacher = ""  # the synthesis teacher; '' = the first of c.teachers
+
+  # Evaluation: one student per seed; the final epoch is reported as mean ± std.
+  c.evaluate = ml_collections.ConfigDict()
+  c.evaluate.seeds = 3
+  c.evaluate.first_seed = 0
+  c.evaluate.set = ""  # python -m infer_jax.evaluate: the synthetic set (.npz) to evaluate
+  c.evaluate.labels = "static"  # static | dynamic | hard
+  c.evaluate.out = ""  # result JSON; '' = <workdir>/evaluate/<set>-<labels>.json
   return c
 
 
@@ -140,6 +160,12 @@ def resolve_stem(config: ml_collections.ConfigDict, image_shape) -> str:
   if config.stem not in ("cifar", "imagenet"):
     raise InputError(f"config.stem must be 'auto', 'cifar' or 'imagenet', got {config.stem!r}.")
   return config.stem
+
+
+def teacher_dir(config: ml_collections.ConfigDict, architecture: str) -> str:
+  """One teacher's checkpoint directory: ``<teachers_dir or workdir/teachers>/<architecture>``."""
+  root = config.get("teachers_dir", "") or os.path.join(workdir(config), "teachers")
+  return os.path.join(root, architecture)
 
 
 def workdir(config: ml_collections.ConfigDict) -> str:

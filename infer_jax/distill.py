@@ -2,25 +2,41 @@
 
     python -m infer_jax.distill --config=configs/tiny.py --config.workdir=DIR
 
-1. Teachers: trained if their checkpoints are missing in ``DIR/teachers``, reused otherwise.
+1. Teachers: trained if their checkpoints are missing (``config.teachers_dir``, default
+   ``DIR/teachers``), reused otherwise.
 2. Subsets: K = ipc*C // (C+M) subsets of one real training image per class, drawn from
    the seed.
 3. Recover: one compensator per subset and teacher (all subsets of a teacher optimised
    together), checkpointed in ``DIR/recover`` so a killed run resumes.
 4. Relabel: static soft labels (the teachers' mean logits) of all K*(M+1)*C instances.
 5. Save the synthetic set to ``DIR/synthetic/infer.npz`` (docs/synthetic_format.md).
-6. Evaluate: a student trained from scratch on the INFER set, and one on a random real
-   subset of the same image budget (ipc real images per class) with the same static-label
-   protocol and the same number of optimisation steps.
-7. Print a table (top-1, stored bytes, compression ratio, wall time of each stage) and
-   write it as ``DIR/summary.json``.
+6. Compare (``config.methods``, docs/PROTOCOL.md): every method is evaluated with the same
+   teachers, student, augmentation, MixUp, temperature, optimiser and number of
+   optimisation steps, one student per evaluation seed (``config.evaluate.seeds``):
+
+   =====================  ==========================================================
+   Random (hard labels)   ipc random real images per class, one-hot labels
+   Random                 the same images, static soft labels
+   INFER w/o UFC          INFER's K*C real images alone, their static labels
+   SRe2L-style            ipc class-specific images per class synthesised from noise
+                          (recover's 'class_specific' parameterisation), static labels
+   INFER                  the INFER set, static labels
+   INFER+Dyn              the INFER set, labels from the teacher ensemble on every
+                          augmented, mixed batch; epochs / (M + 1)
+   =====================  ==========================================================
+
+   Every set is saved under ``DIR/synthetic`` and reused by a rerun.
+7. Print a table (final-epoch top-1 mean ± std, stored bytes, compression ratio, wall time
+   of each stage) and write it as ``DIR/summary.json``, rewritten after every row; a rerun
+   keeps the rows already there (same set, student and seeds) and computes the rest.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
-import platform
 import time
 from typing import Any
 
@@ -31,14 +47,15 @@ import numpy as np
 from infer_jax import (
   checkpoint,
   config_lib,
+  evaluate,
   recover,
   relabel,
   squeeze,
-  student,
   subsets,
   synthetic,
 )
 from infer_jax.data import sources
+from infer_jax.errors import InputError
 
 FORMAT_NAME = "infer.npz"
 
@@ -47,11 +64,10 @@ def load_teachers(
   config: ml_collections.ConfigDict, dataset: sources.Dataset
 ) -> list[checkpoint.Teacher]:
   """Squeezes (or reuses) and loads every teacher of ``config``, checking their identity."""
-  workdir = config_lib.workdir(config)
   squeeze.squeeze(config, dataset)
   return [
     checkpoint.load_teacher(
-      squeeze.teacher_dir(workdir, name),
+      config_lib.teacher_dir(config, name),
       expected=squeeze.expected_teacher(config, dataset.info, name),
     )
     for name in config_lib.teacher_names(config)
@@ -145,11 +161,21 @@ def build_infer_set(
   return labelled
 
 
+def _save(path: str, s: synthetic.SyntheticSet) -> synthetic.SyntheticSet:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  synthetic.save(path, s)
+  return s
+
+
 def build_random_set(
   config: ml_collections.ConfigDict, dataset: sources.Dataset, teachers: list[checkpoint.Teacher]
 ) -> synthetic.SyntheticSet:
   """The same-budget baseline: ipc random real images per class, static soft labels."""
   info = dataset.info
+  metadata = _set_metadata(config, info, teachers, "random", config.ipc, 0)
+  path = os.path.join(config_lib.workdir(config), "synthetic", "random.npz")
+  if os.path.exists(path):
+    return synthetic.load(path, expected=metadata)
   # A different stream from the subsets' draw, so the baseline is not INFER's own images.
   indices = subsets.sample_subsets(
     dataset.train.labels, info.num_classes, config.ipc, config.seed + 1
@@ -167,58 +193,145 @@ def build_random_set(
     source_indices=indices,
     compensators=None,
     labels=soft.reshape(config.ipc, 1, info.num_classes, info.num_classes),
-    metadata=_set_metadata(config, info, teachers, "random", config.ipc, 0),
+    metadata=metadata,
   )
-  return synthetic.cast(s, label_dtype=config.synthetic.label_dtype)
+  return _save(path, synthetic.cast(s, label_dtype=config.synthetic.label_dtype))
 
 
-def _steps_per_epoch(num_instances: int, batch_size: int) -> int:
-  return max(1, num_instances // batch_size)
+def without_soft_labels(s: synthetic.SyntheticSet) -> synthetic.SyntheticSet:
+  """The same images with hard (class-index) labels only: no label bytes."""
+  return dataclasses.replace(s, labels=None, metadata={**s.metadata, "labels": "hard"})
 
 
-def evaluate_set(
-  config: ml_collections.ConfigDict, dataset: sources.Dataset, s: synthetic.SyntheticSet, steps: int
-) -> dict[str, Any]:
-  """Trains the config's student on ``s`` for ``steps`` optimisation steps; returns its result."""
-  instances, soft, hard = synthetic.materialize(s)
-  scfg = student.StudentConfig.from_config(config.student)
-  # Same number of optimisation steps for every set, whatever its size (PROTOCOL.md).
-  epochs = max(1, round(steps / _steps_per_epoch(len(instances), scfg.batch_size)))
-  # The student gets the stem that fits the images, like the teachers.
-  scfg = dataclasses.replace(
-    scfg,
-    epochs=epochs,
-    seed=int(config.seed),
-    stem=config_lib.resolve_stem(config, dataset.info.image_shape),
+def infer_without_compensators(s: synthetic.SyntheticSet) -> synthetic.SyntheticSet:
+  """INFER w/o UFC: the K*C real images of the subsets alone, with their static labels."""
+  return synthetic.SyntheticSet(
+    images=s.images,
+    source_indices=s.source_indices,
+    compensators=None,
+    labels=None if s.labels is None else s.labels[:, :1],
+    metadata={**s.metadata, "method": "infer_wo_ufc", "M": 0},
   )
-  return student.train_student(scfg, instances, soft, hard, dataset.test, dataset.info)
 
 
-def _row(
-  name: str, s: synthetic.SyntheticSet, result: dict[str, Any], seconds: float, num_train: int
-) -> dict[str, Any]:
-  return {
-    "method": name,
-    "top1": result["final_top1"],
-    "instances": int(
-      s.images.shape[0]
-      * (1 + (0 if s.compensators is None else s.compensators.shape[1]))
-      * s.images.shape[1]
-    ),
-    "bytes": synthetic.storage_bytes(s),
-    "compression_ratio": synthetic.compression_ratio(s, num_train),
-    "student_epochs": result["epochs"],
-    "student_steps": result["steps"],
-    "student_seconds": round(seconds, 2),
+def build_sre2l_set(
+  config: ml_collections.ConfigDict,
+  dataset: sources.Dataset,
+  teachers: list[checkpoint.Teacher],
+  timings: dict[str, float],
+) -> synthetic.SyntheticSet:
+  """SRe2L-style baseline: ipc class-specific images per class, synthesised from noise.
+
+  The recover machinery with the 'class_specific' parameterisation (one free image per
+  subset and class) against one teacher (``config.baselines.sre2l_teacher``, default the
+  first), with ``r_bn = config.baselines.sre2l_r_bn``; the images are stored as uint8 (as
+  image files would be) and labelled by all M teachers like every other set.
+  """
+  info = dataset.info
+  name = config.baselines.sre2l_teacher or teachers[0].metadata["architecture"]
+  by_name = {t.metadata["architecture"]: t for t in teachers}
+  if name not in by_name:
+    raise InputError(
+      f"config.baselines.sre2l_teacher={name!r} is not one of the teachers {list(by_name)}."
+    )
+  rcfg = recover.RecoverConfig.from_config(
+    config.recover,
+    seed=config.seed,
+    parameterisation="class_specific",
+    r_bn=float(config.baselines.sre2l_r_bn),
+  )
+  metadata = {
+    **_set_metadata(config, info, teachers, "sre2l", config.ipc, 0),
+    "recover": dataclasses.asdict(rcfg),
+    "synthesis_teacher": name,
   }
+  workdir = config_lib.workdir(config)
+  path = os.path.join(workdir, "synthetic", "sre2l.npz")
+  if os.path.exists(path):
+    return synthetic.load(path, expected=metadata)
+  k, c = int(config.ipc), info.num_classes
+  print(f"[distill] SRe2L-style synthesis: {k} x {c} images against {name}", flush=True)
+  t = time.perf_counter()
+  params = recover.recover_teacher(
+    by_name[name],
+    np.zeros((k, c, *info.image_shape), np.float32),
+    np.tile(np.arange(c), (k, 1)),
+    rcfg,
+    teacher_index=0,
+    directory=os.path.join(workdir, "recover", "sre2l"),
+  )
+  lo, hi = synthetic.clip_bounds(metadata)
+  images = synthetic.denormalize_uint8(np.clip(params, lo, hi), metadata)
+  soft = relabel.static_labels(
+    teachers,
+    synthetic.normalize_uint8(images.reshape(-1, *info.image_shape), info.mean, info.std),
+    batch_size=config.synthetic.relabel_batch_size,
+  )
+  timings["recover (SRe2L-style)"] = time.perf_counter() - t
+  s = synthetic.SyntheticSet(
+    images=images,
+    source_indices=np.full((k, c), -1, np.int64),
+    compensators=None,
+    labels=soft.reshape(k, 1, c, c),
+    metadata=metadata,
+  )
+  return _save(path, synthetic.cast(s, label_dtype=config.synthetic.label_dtype))
+
+
+# key: (name in tables, set, label protocol). Table order: weakest protocol first.
+METHODS: dict[str, tuple[str, str, str]] = {
+  "random_hard": ("Random (hard labels)", "random_hard", "hard"),
+  "random": ("Random", "random", "static"),
+  "infer_wo_ufc": ("INFER w/o UFC", "infer_wo_ufc", "static"),
+  "sre2l": ("SRe2L-style", "sre2l", "static"),
+  "infer": ("INFER", "infer", "static"),
+  "infer_dyn": ("INFER+Dyn", "infer", "dynamic"),
+}
+
+
+def method_keys(config: ml_collections.ConfigDict) -> list[str]:
+  """The comparison's methods (``config.methods``, comma-separated), in table order."""
+  keys = [k.strip() for k in config.methods.split(",") if k.strip()]
+  unknown = [k for k in keys if k not in METHODS]
+  if unknown or not keys:
+    raise InputError(
+      f"config.methods must name some of {', '.join(METHODS)}; got {config.methods!r}."
+    )
+  return [k for k in METHODS if k in keys]
+
+
+def _json(obj: Any) -> Any:
+  """What ``obj`` looks like after a JSON round trip (tuples -> lists, numpy -> Python)."""
+  return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def _read_summary(path: str) -> dict[str, Any]:
+  if not os.path.exists(path):
+    return {}
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise InputError(
+      f"{path} exists but is not a readable summary ({e}); move it away to start afresh."
+    ) from e
 
 
 def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Runs the whole pipeline; returns (and writes) the summary."""
+  """Runs the whole pipeline and the comparison; returns (and writes) the summary.
+
+  Rows already in ``<workdir>/summary.json`` with the same set, student, seeds and label
+  protocol are kept, not recomputed, so a killed comparison resumes row by row. The summary
+  is rewritten (atomically) after every row.
+  """
   t_start = time.perf_counter()
-  timings: dict[str, float] = {}
   workdir = config_lib.workdir(config)
   os.makedirs(workdir, exist_ok=True)
+  summary_path = os.path.join(workdir, "summary.json")
+  previous = _read_summary(summary_path)
+  timings: dict[str, float] = dict(previous.get("stage_seconds", {}))
+  keys = method_keys(config)
+  eval_seeds = evaluate.seeds(config)
   dataset = sources.load_from_config(config.data)
   info = dataset.info
   print(
@@ -231,63 +344,120 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
   t = time.perf_counter()
   teachers = load_teachers(config, dataset)
-  timings["squeeze"] = time.perf_counter() - t
+  timings["squeeze"] = timings.get("squeeze", 0.0) + time.perf_counter() - t
+  m = len(teachers)
 
   infer_set = build_infer_set(config, dataset, teachers, timings)
-  random_set = build_random_set(config, dataset, teachers)
+  cache: dict[str, synthetic.SyntheticSet] = {"infer": infer_set}
 
-  num_instances = len(synthetic.materialize(infer_set)[2])
-  scfg = student.StudentConfig.from_config(config.student)
-  steps = scfg.epochs * _steps_per_epoch(num_instances, scfg.batch_size)
+  def get_set(name: str) -> synthetic.SyntheticSet:
+    if name not in cache:
+      if name == "random":
+        cache[name] = build_random_set(config, dataset, teachers)
+      elif name == "random_hard":
+        cache[name] = without_soft_labels(get_set("random"))
+      elif name == "infer_wo_ufc":
+        cache[name] = infer_without_compensators(infer_set)
+      elif name == "sre2l":
+        cache[name] = build_sre2l_set(config, dataset, teachers, timings)
+    return cache[name]
+
+  scfg = evaluate.student_config(config, info)
+  # Every static/hard row trains for the steps of the INFER set at the configured epochs
+  # (PROTOCOL.md: same number of optimisation steps); +Dyn for 1/(M+1) of them.
+  steps = scfg.epochs * max(1, infer_set.num_instances // scfg.batch_size)
+  old_rows = {r["key"]: r for r in previous.get("rows", []) if "key" in r}
   rows = []
-  for name, s in (("INFER", infer_set), ("Random real (static labels)", random_set)):
-    print(f"[distill] student {scfg.arch} on {name}", flush=True)
-    t = time.perf_counter()
-    result = evaluate_set(config, dataset, s, steps)
-    seconds = time.perf_counter() - t
-    timings[f"student: {name}"] = seconds
-    rows.append(_row(name, s, result, seconds, info.num_train))
-
-  timings["total"] = time.perf_counter() - t_start
   summary = {
     "dataset": info.to_dict(),
     "ipc": int(config.ipc),
     "K": int(infer_set.metadata["K"]),
-    "M": len(teachers),
-    "teachers": {t.metadata["architecture"]: t.metadata["test_accuracy"] for t in teachers},
-    "student": config.student.arch,
+    "M": m,
+    "teachers": [
+      {
+        "architecture": t.metadata["architecture"],
+        "width": t.metadata.get("width"),
+        "test_top1": t.metadata["test_accuracy"],
+        "epochs": t.metadata.get("epochs"),
+      }
+      for t in teachers
+    ],
+    "student": {"arch": scfg.arch, "width": scfg.width, "stem": scfg.stem},
+    "seeds": eval_seeds,
     "rows": rows,
-    "stage_seconds": {k: round(v, 2) for k, v in timings.items()},
-    "hardware": {
-      "platform": jax.devices()[0].platform,
-      "device_kind": jax.devices()[0].device_kind,
-      "device_count": jax.device_count(),
-      "cpu_count": os.cpu_count(),
-      "machine": platform.machine(),
-    },
+    "stage_seconds": timings,
+    "hardware": evaluate.hardware(),
     "config": config.to_dict(),
+    "command": evaluate.command_line("infer_jax.distill"),
+    "complete": False,
   }
+  for i, key in enumerate(keys):
+    name, set_name, labels = METHODS[key]
+    s = get_set(set_name)
+    if labels == "dynamic":
+      epochs = max(1, math.ceil(scfg.epochs / (m + 1)))
+    else:
+      epochs = evaluate.epochs_for_steps(steps, s.num_instances, scfg.batch_size)
+    row_cfg = dataclasses.replace(scfg, epochs=epochs)
+    fingerprint = _json(
+      {
+        "set": s.metadata,
+        "labels": labels,
+        "student": dataclasses.asdict(row_cfg),
+        "seeds": eval_seeds,
+      }
+    )
+    old = old_rows.get(key)
+    if old is not None and old.get("fingerprint") == fingerprint:
+      print(f"[distill] {name}: kept from {summary_path} (same set, student and seeds)")
+      rows.append(old)
+      continue
+    print(f"[distill] row {i + 1}/{len(keys)}: {name} ({labels} labels, {epochs} epochs)")
+    t = time.perf_counter()
+    result = evaluate.evaluate_set(
+      row_cfg, s, dataset, seeds=eval_seeds, labels=labels, teachers=teachers
+    )
+    timings[f"student: {name}"] = round(time.perf_counter() - t, 2)
+    rows.append(
+      {
+        "key": key,
+        "method": name,
+        "set": set_name,
+        "labels": labels,
+        "instances": s.num_instances,
+        "bytes": evaluate.budget(s, info, teachers if labels == "dynamic" else None),
+        **result,
+        "fingerprint": fingerprint,
+        "command": evaluate.command_line("infer_jax.distill", methods=key),
+      }
+    )
+    summary["stage_seconds"] = {k: round(v, 2) for k, v in timings.items()}
+    checkpoint.write_json_atomic(summary_path, summary)
+
+  timings["total (this run)"] = time.perf_counter() - t_start
+  summary["stage_seconds"] = {k: round(v, 2) for k, v in timings.items()}
+  summary["complete"] = True
   _print_summary(summary)
-  checkpoint.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+  checkpoint.write_json_atomic(summary_path, summary)
   return summary
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
   print(
     f"\n{summary['dataset']['name']}, ipc {summary['ipc']} (K={summary['K']}, "
-    f"M={summary['M']}), student {summary['student']}; teachers: "
-    + ", ".join(f"{n} {100 * a:.1f}%" for n, a in summary["teachers"].items())
+    f"M={summary['M']}), student {summary['student']['arch']}; teachers: "
+    + ", ".join(f"{t['architecture']} {100 * t['test_top1']:.1f}%" for t in summary["teachers"])
   )
   print(
-    f"  {'method':<30} {'top-1':>7} {'stored bytes':>13} {'(img/comp/labels)':>26} {'ratio':>8}"
+    f"  {'method':<22} {'labels':<8} {'top-1 % (final, mean ± std)':>28} {'stored bytes':>13} "
+    f"{'ratio':>8}"
   )
   for r in summary["rows"]:
-    b = r["bytes"]
-    split = f"{b['images']}/{b['compensators']}/{b['labels']}"
     print(
-      f"  {r['method']:<30} {100 * r['top1']:>6.2f}% {b['total']:>13,} {split:>26} "
-      f"{r['compression_ratio']:>8.4f}"
+      f"  {r['method']:<22} {r['labels']:<8} {evaluate.format_top1(r):>28} "
+      f"{r['bytes']['total']:>13,} {r['bytes']['compression_ratio']:>8.4f}"
     )
+  print(f"  seeds {summary['seeds']}; final-epoch top-1, sample std over seeds")
   print(
     "  stage wall time: " + ", ".join(f"{k} {v:.1f}s" for k, v in summary["stage_seconds"].items())
   )

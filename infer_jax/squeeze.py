@@ -200,11 +200,10 @@ def squeeze(
   """
   names = config_lib.teacher_names(config)
   dataset = sources.load_from_config(config.data) if dataset is None else dataset
-  workdir = config_lib.workdir(config)
   mesh = train.data_mesh()
   results = {}
   for name in names:
-    directory = teacher_dir(workdir, name)
+    directory = config_lib.teacher_dir(config, name)
     identity = expected_teacher(config, dataset.info, name)
     if checkpoint.teacher_exists(directory):
       meta = checkpoint.read_teacher_metadata(directory)

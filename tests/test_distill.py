@@ -17,12 +17,14 @@ from tests.test_squeeze import REPO, tiny_config
 TEACHERS = "resnet_tiny,convnet_tiny"  # M = 2: with ipc 10 and 10 classes, K = 8
 
 
-def distill_config(workdir, **recover):
+def distill_config(workdir, methods="random,infer", seeds=1, **recover):
   c = tiny_config(workdir, teachers=TEACHERS, epochs=3)
   c.recover.iterations = recover.pop("iterations", 20)
   c.recover.checkpoint_every = recover.pop("checkpoint_every", 10)
   c.recover.log_every = 0
   c.student.epochs = 4
+  c.methods = methods
+  c.evaluate.seeds = seeds
   return c
 
 
@@ -45,22 +47,24 @@ def _workdir(tmp_path, teachers_dir, name="w"):
 def test_distill_end_to_end_and_reuse(tmp_path, teachers_dir, capsys):
   work = _workdir(tmp_path, teachers_dir)
   summary = distill.distill(distill_config(work))
-  assert summary["K"] == 8 and summary["M"] == 2
-  rows = {r["method"]: r for r in summary["rows"]}
-  infer, random = rows["INFER"], rows["Random real (static labels)"]
+  assert summary["K"] == 8 and summary["M"] == 2 and summary["complete"]
+  rows = {r["key"]: r for r in summary["rows"]}
+  infer, random = rows["infer"], rows["random"]
+  assert [r["method"] for r in summary["rows"]] == ["Random", "INFER"]
   assert infer["instances"] == 8 * 3 * 10 and random["instances"] == 10 * 10
-  assert abs(infer["student_steps"] - random["student_steps"]) <= 3  # same work for both
+  assert abs(infer["steps"] - random["steps"]) <= 3  # same work for both
   for row in rows.values():
-    assert 0.0 <= row["top1"] <= 1.0
+    assert 0.0 <= row["final_top1_mean"] <= 1.0 and row["seeds"] == [0]
     b = row["bytes"]
-    assert b["total"] == b["images"] + b["compensators"] + b["labels"]
-    assert row["compression_ratio"] == pytest.approx(b["total"] / (1438 * 8 * 8 * 3))
+    assert b["total"] == b["images"] + b["compensators"] + b["labels"] + b["teachers"]
+    assert b["compression_ratio"] == pytest.approx(b["total"] / (1438 * 8 * 8 * 3))
+    assert row["command"].endswith(f"--config.methods={row['key']}")
   assert infer["bytes"]["compensators"] == 8 * 2 * 8 * 8 * 3 * 4  # K*M float32 images
   assert os.path.exists(work / "summary.json")
   s = synthetic.load(str(work / "synthetic" / "infer.npz"), expected={"dataset": "digits"})
   assert s.compensators.shape == (8, 2, 8, 8, 3) and s.labels.shape == (8, 3, 10, 10)
   assert len(np.unique(s.source_indices)) == 80  # K*C distinct real images
-  assert {"squeeze", "recover", "relabel", "total"} <= set(summary["stage_seconds"])
+  assert {"squeeze", "recover", "relabel", "total (this run)"} <= set(summary["stage_seconds"])
   png = tmp_path / "png"
   assert export.main([str(work / "synthetic" / "infer.npz"), str(png)]) == 0
   assert len(list(png.glob("*/*.png"))) == 8 * 3 * 10
@@ -69,6 +73,40 @@ def test_distill_end_to_end_and_reuse(tmp_path, teachers_dir, capsys):
   distill.distill(distill_config(work))  # second run reuses teachers and the set
   out = capsys.readouterr().out
   assert "not retraining" in out and "reusing the synthetic set" in out
+  assert out.count("kept from") == 2  # both rows were already in summary.json
+
+
+@pytest.mark.slow
+def test_the_whole_comparison_resumes_row_by_row(tmp_path, teachers_dir, capsys):
+  work = _workdir(tmp_path, teachers_dir)
+  first = distill.distill(distill_config(work, methods="random,infer", seeds=2))
+  capsys.readouterr()
+  every = "random_hard,random,infer_wo_ufc,sre2l,infer,infer_dyn"
+  summary = distill.distill(distill_config(work, methods=every, seeds=2))
+  out = capsys.readouterr().out
+  assert out.count("kept from") == 2  # random and infer: not recomputed
+  rows = {r["key"]: r for r in summary["rows"]}
+  assert list(rows) == every.split(",")  # table order
+  assert rows["infer"]["final_top1"] == first["rows"][1]["final_top1"]
+  for row in rows.values():
+    assert row["seeds"] == [0, 1] and len(row["final_top1"]) == 2
+  # Same number of optimisation steps for every static/hard row; +Dyn 1/(M+1) of the epochs.
+  assert {rows[k]["steps"] for k in ("random_hard", "random", "infer_wo_ufc", "sre2l")} <= {
+    rows["infer"]["steps"] - d for d in range(4)
+  } | {rows["infer"]["steps"] + d for d in range(4)}
+  assert rows["infer_dyn"]["epochs"] == 2 and rows["infer_dyn"]["labels"] == "dynamic"
+  # Budgets: hard labels store no label bytes, w/o UFC no compensators, +Dyn counts teachers.
+  assert rows["random_hard"]["bytes"]["labels"] == 0
+  assert rows["infer_wo_ufc"]["bytes"]["compensators"] == 0
+  assert rows["infer_wo_ufc"]["instances"] == 8 * 10
+  assert rows["infer_dyn"]["bytes"]["teachers"] > 0 == rows["infer"]["bytes"]["teachers"]
+  sre2l = synthetic.load(str(work / "synthetic" / "sre2l.npz"))
+  assert sre2l.images.shape == (10, 10, 8, 8, 3) and (sre2l.source_indices == -1).all()
+  assert sre2l.metadata["recover"]["parameterisation"] == "class_specific"
+  # A different seed count changes the rows' fingerprint: they are recomputed.
+  capsys.readouterr()
+  distill.distill(distill_config(work, methods="random", seeds=1))
+  assert "kept from" not in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -90,6 +128,7 @@ def test_sigkill_mid_recover_resumes_to_the_same_synthetic_set(tmp_path, teacher
     "--config.recover.log_every=0",
     "--config.squeeze.epochs=3",
     "--config.student.epochs=4",
+    "--config.methods=infer",
   ]
   proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   first = killed / "recover" / "infer" / "0_resnet_tiny"

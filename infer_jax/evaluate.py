@@ -1,0 +1,298 @@
+r"""Evaluate a synthetic set under the project's protocol: students from scratch, N seeds.
+
+    python -m infer_jax.evaluate --config=configs/tiny.py \
+        --config.evaluate.set=workdir/tiny/synthetic/infer.npz [--config.evaluate.labels=dynamic]
+
+A student (``config.student``: architecture, width, the dataset's recipe) is trained from
+scratch on the set once per evaluation seed (``config.evaluate.seeds`` seeds starting at
+``config.evaluate.first_seed``) and tested on the real test set. Label protocols
+(``config.evaluate.labels``):
+
+* ``static``: the set's stored soft labels (the teachers' mean logits), MixUp, KL with
+  temperature (INFER).
+* ``dynamic``: the teacher ensemble labels every augmented, mixed batch online (INFER+Dyn);
+  the epochs are divided by M + 1 to keep the work comparable (ALGORITHM.md, "Relabel").
+* ``hard``: one-hot class labels, MixUp, cross-entropy.
+
+The figure to report (docs/PROTOCOL.md) is the final-epoch top-1, mean ± sample standard
+deviation over the seeds. A best-epoch figure (``config.student.eval_every_epochs > 0``) is
+selected on the test set; it is kept separately and labelled as such. The result is written
+as JSON (``config.evaluate.out``, default ``<workdir>/evaluate/<set>-<labels>.json``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from infer_jax import checkpoint, config_lib, student, synthetic
+from infer_jax.data import sources
+from infer_jax.errors import InputError
+
+LABELS = ("static", "dynamic", "hard")
+
+
+def student_config(config: ml_collections.ConfigDict, info: sources.DatasetInfo):
+  """The config's student recipe with the stem that fits the dataset's images."""
+  scfg = student.StudentConfig.from_config(config.student)
+  return dataclasses.replace(scfg, stem=config_lib.resolve_stem(config, info.image_shape))
+
+
+def seeds(config: ml_collections.ConfigDict) -> list[int]:
+  """The evaluation seeds ``first_seed, ..., first_seed + seeds - 1`` of ``config.evaluate``.
+
+  Raises:
+    InputError: fewer than one seed or a negative first seed.
+  """
+  n, first = int(config.evaluate.seeds), int(config.evaluate.first_seed)
+  if n < 1 or first < 0:
+    raise InputError(
+      f"config.evaluate.seeds must be >= 1 and first_seed >= 0, got {n} and {first}."
+    )
+  return list(range(first, first + n))
+
+
+def ensemble_label_fn(teachers: Sequence[checkpoint.Teacher]) -> student.Labeller:
+  """INFER+Dyn's labeller: ``images [B, H, W, 3] -> mean teacher logits [B, classes]``.
+
+  The teachers run in inference mode; their weights are the labeller's variables (an
+  argument of the student's jitted step) and get no gradient.
+  """
+  models = tuple(t.model for t in teachers)
+
+  def fn(variables, images: jax.Array) -> jax.Array:
+    total = sum(
+      model.apply(v, images, train=False).astype(jnp.float32)
+      for model, v in zip(models, variables, strict=True)
+    )
+    return total / len(models)
+
+  return student.Labeller(fn, [t.variables for t in teachers])
+
+
+def teacher_bytes(teachers: Sequence[checkpoint.Teacher]) -> int:
+  """Bytes of the teachers' weights (params and BN statistics) as stored, float32.
+
+  Counted in the budget of a dynamic-label evaluation, which needs the teachers online.
+  """
+  return int(
+    sum(np.asarray(leaf).nbytes for t in teachers for leaf in jax.tree.leaves(t.variables))
+  )
+
+
+def budget(
+  s: synthetic.SyntheticSet,
+  info: sources.DatasetInfo,
+  teachers: Sequence[checkpoint.Teacher] | None = None,
+) -> dict[str, Any]:
+  """Stored bytes of ``s`` split by kind, plus teachers when labels are dynamic, and the ratio.
+
+  Returns:
+    :func:`synthetic.storage_bytes` plus ``'teachers'`` (0 unless ``teachers`` are given,
+    included in ``'total'``) and ``'compression_ratio'``: ``total`` over the bytes of the
+    original training set as uint8 pixels (``num_train * H * W * 3``).
+  """
+  out = dict(synthetic.storage_bytes(s))
+  out["teachers"] = teacher_bytes(teachers) if teachers else 0
+  out["total"] += out["teachers"]
+  out["compression_ratio"] = out["total"] / (info.num_train * math.prod(info.image_shape))
+  return out
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+  """Mean and *sample* standard deviation (ddof=1; 0 for a single value)."""
+  a = np.asarray(values, np.float64)
+  return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def epochs_for_steps(steps: int, num_instances: int, batch_size: int) -> int:
+  """Epochs over a set of ``num_instances`` that give (about) ``steps`` optimisation steps.
+
+  Used so that every method of a comparison trains for the same number of steps whatever the
+  size of its set (PROTOCOL.md). One step per epoch when the set is smaller than a batch.
+  """
+  per_epoch = max(1, num_instances // batch_size)
+  return max(1, round(steps / per_epoch))
+
+
+def evaluate_set(
+  scfg: student.StudentConfig,
+  s: synthetic.SyntheticSet,
+  dataset: sources.Dataset,
+  *,
+  seeds: Sequence[int],
+  labels: str = "static",
+  teachers: Sequence[checkpoint.Teacher] | None = None,
+  mesh=None,
+  log: Callable[[str], Any] = print,
+) -> dict[str, Any]:
+  """Trains one student per seed on ``s`` and tests it on ``dataset.test``.
+
+  Args:
+    scfg: student recipe (its ``seed`` is replaced by each of ``seeds``; its ``epochs`` are
+      used as given: divide them by M + 1 for dynamic labels before calling).
+    s: the synthetic set (``K * (M + 1) * C`` instances, materialised as they are read).
+    dataset: the real dataset (test split and info).
+    seeds: evaluation seeds, one student each.
+    labels: 'static' (stored soft labels), 'dynamic' (``teachers`` label every batch) or 'hard'.
+    teachers: the teacher ensemble, needed for 'dynamic'.
+    mesh: device mesh (default all devices).
+    log: progress printer.
+
+  Returns:
+    ``{'labels', 'seeds', 'final_top1' [S], 'final_top1_mean', 'final_top1_std',
+    'best_top1' [S] or None, 'best_top1_mean' or None, 'epochs', 'steps', 'batch_size',
+    'seconds' [S], 'images_per_second' [S]}``; top-1 in [0, 1], std is the sample std.
+
+  Raises:
+    InputError: unknown label protocol, dynamic labels without teachers, static labels on a
+      set without soft labels.
+  """
+  if labels not in LABELS:
+    raise InputError(f"labels must be one of {LABELS}, got {labels!r}.")
+  if labels == "dynamic" and not teachers:
+    raise InputError("dynamic labels need the teachers (the ensemble labels every batch).")
+  if labels == "static" and s.labels is None:
+    raise InputError(
+      "this set has no soft labels; evaluate it with labels='hard' or 'dynamic', or relabel it."
+    )
+  label_fn = ensemble_label_fn(teachers) if labels == "dynamic" else None
+  results = []
+  for i, seed in enumerate(seeds):
+    log(f"[evaluate] {labels} labels, seed {seed} ({i + 1}/{len(seeds)})")
+    t = time.perf_counter()
+    r = student.train_student(
+      dataclasses.replace(scfg, seed=int(seed)),
+      s,
+      None,
+      None,
+      dataset.test,
+      dataset.info,
+      mesh=mesh,
+      label_fn=label_fn,
+      label_mode=labels,
+      log=log,
+    )
+    r["seconds"] = time.perf_counter() - t
+    results.append(r)
+  finals = [r["final_top1"] for r in results]
+  mean, std = mean_std(finals)
+  bests = [r["best_top1"] for r in results]
+  has_best = all(b is not None for b in bests)
+  return {
+    "labels": labels,
+    "seeds": [int(x) for x in seeds],
+    "final_top1": finals,
+    "final_top1_mean": mean,
+    "final_top1_std": std,
+    "best_top1": bests if has_best else None,
+    "best_top1_mean": mean_std(bests)[0] if has_best else None,
+    "epochs": results[0]["epochs"],
+    "steps": results[0]["steps"],
+    "batch_size": results[0]["batch_size"],
+    "seconds": [round(r["seconds"], 2) for r in results],
+    "images_per_second": [round(r["images_per_second"], 1) for r in results],
+  }
+
+
+def format_top1(result: dict[str, Any]) -> str:
+  """``'86.91 ± 0.42'`` (percent, final epoch, mean ± sample std over seeds)."""
+  return f"{100 * result['final_top1_mean']:.2f} ± {100 * result['final_top1_std']:.2f}"
+
+
+def command_line(module: str, argv: Sequence[str] | None = None, **overrides: Any) -> str:
+  """The shell command that reruns this process, with ``--config.KEY=VALUE`` overrides.
+
+  Overrides replace any same-key flag already on the command line.
+  """
+  argv = list(sys.argv[1:] if argv is None else argv)
+  keys = {f"--config.{k}" for k in overrides}
+  kept = [a for a in argv if a.split("=", 1)[0] not in keys]
+  kept += [f"--config.{k}={v}" for k, v in overrides.items()]
+  return shlex.join(["python", "-m", module, *kept])
+
+
+def main(config: ml_collections.ConfigDict) -> None:
+  """Entry point: evaluates ``config.evaluate.set`` and writes the JSON result."""
+  path = config.evaluate.set
+  if not path:
+    raise InputError(
+      "Name the synthetic set to evaluate: --config.evaluate.set=PATH (an .npz written by "
+      "python -m infer_jax.distill, e.g. <workdir>/synthetic/infer.npz)."
+    )
+  labels = config.evaluate.labels
+  if labels not in LABELS:
+    raise InputError(f"config.evaluate.labels must be one of {LABELS}, got {labels!r}.")
+  dataset = sources.load_from_config(config.data)
+  info = dataset.info
+  s = synthetic.load(
+    path,
+    expected={
+      "num_classes": info.num_classes,
+      "image_shape": list(info.image_shape),
+      "dataset": info.name,
+    },
+  )
+  teachers = None
+  scfg = student_config(config, info)
+  if labels == "dynamic":
+    from infer_jax import distill  # noqa: PLC0415  (distill imports this module)
+
+    teachers = distill.load_teachers(config, dataset)
+    scfg = dataclasses.replace(scfg, epochs=max(1, math.ceil(scfg.epochs / (len(teachers) + 1))))
+  result = evaluate_set(scfg, s, dataset, seeds=seeds(config), labels=labels, teachers=teachers)
+  out = {
+    "set": os.path.abspath(path),
+    "method": s.metadata.get("method"),
+    "dataset": info.to_dict(),
+    "student": dataclasses.asdict(scfg),
+    "bytes": budget(s, info, teachers),
+    "result": result,
+    "hardware": hardware(),
+    "command": command_line("infer_jax.evaluate"),
+  }
+  out_path = config.evaluate.out or os.path.join(
+    config_lib.workdir(config),
+    "evaluate",
+    f"{os.path.splitext(os.path.basename(path))[0]}-{labels}.json",
+  )
+  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+  checkpoint.write_json_atomic(out_path, out)
+  print(
+    f"[evaluate] {os.path.basename(path)} ({labels} labels): final-epoch top-1 "
+    f"{format_top1(result)}% over seeds {result['seeds']}; wrote {out_path}",
+    flush=True,
+  )
+
+
+def hardware() -> dict[str, Any]:
+  """Where the figures were measured: JAX platform, device kind and count, host CPUs."""
+  import platform  # noqa: PLC0415
+
+  device = jax.devices()[0]
+  return {
+    "platform": device.platform,
+    "device_kind": device.device_kind,
+    "device_count": jax.device_count(),
+    "process_count": jax.process_count(),
+    "cpu_count": os.cpu_count(),
+    "machine": platform.machine(),
+    "processor": platform.processor() or platform.machine(),
+  }
+
+
+if __name__ == "__main__":
+  from infer_jax import cli
+
+  cli.run(main)

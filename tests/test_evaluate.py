@@ -1,0 +1,276 @@
+"""Evaluation protocol: seeds, mean ± std, dynamic labels, budgets, the CLI and the report."""
+
+import json
+import os
+
+import chex
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from infer_jax import checkpoint, evaluate, models, relabel, report, student, synthetic
+from infer_jax.data import sources
+from infer_jax.errors import InputError
+from tests.test_squeeze import tiny_config
+
+
+@pytest.fixture(scope="module")
+def digits():
+  return sources.load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def teachers(digits):
+  """Two untrained (randomly initialised) tiny teachers: enough to exercise the plumbing."""
+  out = []
+  for i, arch in enumerate(("convnet_tiny", "resnet_tiny")):
+    model = models.create_model(arch, 10, stem="cifar")
+    variables = model.init(jax.random.key(i, impl="rbg"), np.zeros((1, 8, 8, 3)), train=False)
+    out.append(checkpoint.Teacher(model, variables, {"architecture": arch}))
+  return out
+
+
+@pytest.fixture(scope="module")
+def small_set(digits, teachers):
+  """K=2 subsets x C=10 classes, M=2 compensators, static labels from the two teachers."""
+  info = digits.info
+  rng = np.random.default_rng(0)
+  indices = np.stack(
+    [rng.permutation(np.flatnonzero(digits.train.labels == c))[:2] for c in range(10)], 1
+  )
+  images = digits.train.images(indices.reshape(-1)).reshape(2, 10, 8, 8, 3)
+  s = synthetic.SyntheticSet(
+    images=images,
+    source_indices=indices,
+    compensators=rng.normal(0, 0.2, (2, 2, 8, 8, 3)).astype(np.float32),
+    labels=None,
+    metadata={
+      "num_classes": 10,
+      "image_shape": [8, 8, 3],
+      "mean": list(info.mean),
+      "std": list(info.std),
+      "K": 2,
+      "M": 2,
+      "dataset": "digits",
+      "method": "infer",
+      "teachers": ["convnet_tiny", "resnet_tiny"],
+    },
+  )
+  instances, _, _ = synthetic.materialize(s)
+  soft = relabel.static_labels(teachers, instances)
+  s.labels = soft.reshape(2, 3, 10, 10)
+  return s
+
+
+def scfg(**kw):
+  base = dict(arch="convnet_tiny", epochs=3, batch_size=16, lr=0.01, crop_padding=1)
+  return student.StudentConfig(**{**base, **kw})
+
+
+def test_seeds_come_from_the_config_and_are_validated():
+  c = ml_collections.ConfigDict({"evaluate": {"seeds": 3, "first_seed": 5}})
+  assert evaluate.seeds(c) == [5, 6, 7]
+  c.evaluate.seeds = 0
+  with pytest.raises(InputError, match="seeds must be >= 1"):
+    evaluate.seeds(c)
+
+
+def test_mean_and_sample_std():
+  mean, std = evaluate.mean_std([0.5, 0.6, 0.7])
+  assert mean == pytest.approx(0.6) and std == pytest.approx(0.1)  # ddof=1
+  assert evaluate.mean_std([0.4]) == (0.4, 0.0)
+
+
+def test_epochs_for_steps_gives_every_set_the_same_work():
+  assert evaluate.epochs_for_steps(300, 350, 64) == 60  # 5 steps per epoch
+  assert evaluate.epochs_for_steps(300, 100, 64) == 300  # 1 step per epoch
+  assert evaluate.epochs_for_steps(300, 20, 64) == 300  # smaller than a batch: 1 step
+
+
+def test_ensemble_label_fn_is_the_mean_of_the_teachers_logits(teachers, small_set):
+  instances, soft, _ = synthetic.materialize(small_set)
+  labeller = evaluate.ensemble_label_fn(teachers)
+  got = np.asarray(jax.jit(labeller.fn)(labeller.variables, instances))
+  chex.assert_trees_all_close(got, soft, atol=1e-5, rtol=1e-5)
+
+
+def test_seeds_are_reproducible_and_distinct(small_set, digits):
+  cfg = scfg()
+  a = evaluate.evaluate_set(cfg, small_set, digits, seeds=[0, 1], log=lambda _: None)
+  b = evaluate.evaluate_set(cfg, small_set, digits, seeds=[0], log=lambda _: None)
+  assert a["seeds"] == [0, 1] and len(a["final_top1"]) == 2
+  assert a["final_top1"][0] == b["final_top1"][0]  # same seed, same result
+  mean, std = evaluate.mean_std(a["final_top1"])
+  assert a["final_top1_mean"] == mean and a["final_top1_std"] == std
+  assert a["best_top1"] is None  # not tracked unless eval_every_epochs > 0
+  assert a["steps"] == 3 * (60 // 16)
+
+
+def test_seeds_of_one_method_share_one_compilation(small_set, digits):
+  before = student._compiled_parts.cache_info()
+  cfg = scfg(epochs=2, lr=0.02)  # a recipe no other test uses: the first seed must compile
+  evaluate.evaluate_set(cfg, small_set, digits, seeds=[3, 4], log=lambda _: None)
+  after = student._compiled_parts.cache_info()
+  assert after.misses == before.misses + 1 and after.hits == before.hits + 1
+
+
+def test_dynamic_labels_train_from_the_teachers_online(small_set, digits, teachers):
+  lines = []
+  dyn = evaluate.evaluate_set(
+    scfg(), small_set, digits, seeds=[0], labels="dynamic", teachers=teachers, log=lines.append
+  )
+  static = evaluate.evaluate_set(scfg(), small_set, digits, seeds=[0], log=lambda _: None)
+  assert any("instances, dynamic labels" in line for line in lines)  # the student's own line
+  assert dyn["labels"] == "dynamic" and 0.0 <= dyn["final_top1"][0] <= 1.0
+  assert static["labels"] == "static" and dyn["steps"] == static["steps"]
+  with pytest.raises(InputError, match="need the teachers"):
+    evaluate.evaluate_set(scfg(), small_set, digits, seeds=[0], labels="dynamic")
+
+
+def test_hard_labels_and_a_set_without_soft_labels(small_set, digits):
+  import dataclasses
+
+  hard_only = dataclasses.replace(small_set, labels=None)
+  r = evaluate.evaluate_set(scfg(), hard_only, digits, seeds=[0], labels="hard", log=print)
+  assert r["labels"] == "hard"
+  with pytest.raises(InputError, match="no soft labels"):
+    evaluate.evaluate_set(scfg(), hard_only, digits, seeds=[0], labels="static")
+
+
+def test_budget_counts_teachers_only_for_dynamic_labels(small_set, digits, teachers):
+  plain = evaluate.budget(small_set, digits.info)
+  dyn = evaluate.budget(small_set, digits.info, teachers)
+  weights = sum(np.asarray(x).nbytes for t in teachers for x in jax.tree.leaves(t.variables))
+  assert plain["teachers"] == 0 and dyn["teachers"] == weights
+  assert dyn["total"] == plain["total"] + weights
+  assert plain["total"] == plain["images"] + plain["compensators"] + plain["labels"]
+  assert plain["compression_ratio"] == pytest.approx(plain["total"] / (1438 * 8 * 8 * 3))
+
+
+def test_command_line_replaces_overridden_flags():
+  cmd = evaluate.command_line(
+    "infer_jax.distill", ["--config=configs/tiny.py", "--config.methods=infer"], methods="random"
+  )
+  assert cmd == "python -m infer_jax.distill --config=configs/tiny.py --config.methods=random"
+
+
+def test_evaluate_cli_writes_its_json(tmp_path, small_set):
+  path = tmp_path / "set.npz"
+  synthetic.save(str(path), small_set)
+  c = tiny_config(tmp_path / "w")
+  c.student.arch, c.student.epochs, c.student.batch_size = "convnet_tiny", 2, 16
+  c.evaluate.set = str(path)
+  c.evaluate.seeds = 2
+  evaluate.main(c)
+  out = json.loads((tmp_path / "w" / "evaluate" / "set-static.json").read_text())
+  assert out["result"]["seeds"] == [0, 1] and len(out["result"]["final_top1"]) == 2
+  assert out["bytes"]["teachers"] == 0 and out["method"] == "infer"
+  assert out["command"].startswith("python -m infer_jax.evaluate")
+  c.evaluate.set = ""
+  with pytest.raises(InputError, match="evaluate.set"):
+    evaluate.main(c)
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def _row(key, method, labels, finals, total):
+  mean, std = evaluate.mean_std(finals)
+  return {
+    "key": key,
+    "method": method,
+    "labels": labels,
+    "instances": 100,
+    "bytes": {
+      "images": total,
+      "compensators": 0,
+      "labels": 0,
+      "teachers": 0,
+      "total": total,
+      "compression_ratio": total / 1e6,
+    },
+    "final_top1": finals,
+    "final_top1_mean": mean,
+    "final_top1_std": std,
+    "best_top1_mean": None,
+    "steps": 300,
+    "seconds": [12.0] * len(finals),
+    "command": f"python -m infer_jax.distill --config=configs/x.py --config.methods={key}",
+  }
+
+
+def _summary(workdir, ipc, rows):
+  return {
+    "dataset": {
+      "name": "toy",
+      "num_classes": 10,
+      "num_train": 1000,
+      "num_test": 100,
+      "image_shape": [8, 8, 3],
+    },
+    "ipc": ipc,
+    "K": 7,
+    "M": 4,
+    "teachers": [{"architecture": "resnet18", "width": 0.25, "epochs": 2, "test_top1": 0.6}],
+    "student": {"arch": "resnet18", "width": 0.25},
+    "seeds": [0, 1, 2],
+    "rows": rows,
+    "stage_seconds": {"squeeze": 100.0, "recover": 30.0},
+    "hardware": {"platform": "cpu", "cpu_count": 2},
+    "config": {
+      "name": "toy",
+      "workdir": str(workdir),
+      "recover": {"iterations": 200, "lr": 0.25, "augment": "roll"},
+      "student": {
+        "arch": "resnet18",
+        "width": 0.25,
+        "epochs": 60,
+        "batch_size": 64,
+        "optimizer": "adamw",
+        "lr": 0.001,
+      },
+      "data": {"source": "npz", "path": "data/toy.npz", "name": "toy"},
+    },
+    "command": "python -m infer_jax.distill --config=configs/x.py",
+    "complete": True,
+  }
+
+
+def test_report_is_generated_from_results_files(tmp_path, small_set):
+  rows = [
+    _row("random", "Random", "static", [0.50, 0.52, 0.51], 3000),
+    _row("infer", "INFER", "static", [0.60, 0.61, 0.62], 5000),
+    _row("sre2l", "SRe2L-style", "static", [0.70, 0.71, 0.69], 3000),
+    _row("infer_wo_ufc", "INFER w/o UFC", "static", [0.605, 0.615, 0.61], 2000),
+  ]
+  work = tmp_path / "work"
+  synthetic.save(str(work / "synthetic" / "infer.npz"), small_set)  # for the compensator grid
+  paths = []
+  for ipc in (10, 50):
+    p = tmp_path / f"toy_ipc{ipc}.json"
+    p.write_text(json.dumps(_summary(work, ipc, rows)))
+    paths.append(str(p))
+  out = tmp_path / "docs" / "results.md"
+  info = report.write_report(paths, str(out), command="python -m infer_jax.report X")
+  text = out.read_text()
+  assert "## toy, ipc 10" in text and "## toy, ipc 50" in text
+  assert "| INFER | static | 61.00 ± 1.00 |" in text  # mean ± sample std, percent
+  assert "INFER beats Random" in text
+  assert "INFER **loses to** SRe2L-style" in text
+  assert "INFER within noise of INFER w/o UFC" in text
+  assert "--config.methods=sre2l" in text and "python -m infer_jax.report X" in text
+  assert "(test-selected)" in text  # the best-epoch column is labelled
+  assert len(info["figures"]) == 3  # accuracy vs ratio + one grid per setting
+  for png in info["figures"]:
+    assert os.path.getsize(png) > 1000
+    with open(png, "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert "figures/accuracy_vs_compression.png" in text
+
+
+def test_report_refuses_files_that_are_not_summaries(tmp_path):
+  bad = tmp_path / "x.json"
+  bad.write_text(json.dumps({"rows": []}))
+  assert report.main([str(bad), "--out", str(tmp_path / "r.md")]) == 2
+  assert not (tmp_path / "r.md").exists()
