@@ -1,0 +1,380 @@
+r"""Turn comparison results (the distill job's ``summary.json``) into a Markdown report.
+
+    python -m infer_jax.report docs/results/*.json --out docs/results.md
+
+For every result file: the setting (dataset, ipc, K, M, teachers with their own test
+accuracy, student, seeds, steps), the comparison table (final-epoch top-1 mean ± sample std,
+the best epoch labelled as test-selected where it was tracked, stored bytes split into images
+/ compensators / labels / teachers, compression ratio, student wall time), the wall time of
+each stage, the exact command that reruns each row, and plain statements of where INFER
+beats each baseline and where it does not. Figures (PNG, beside the report under
+``figures/``): top-1 against compression ratio for all settings (the paper's Figure 1), and,
+when a setting's INFER set is still in its workdir, a grid of compensators and compensated
+instances (the paper's Figures 6-7).
+
+Everything in the report is generated from the JSON files: rerun this command after any
+row changes; never edit the output by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from infer_jax import synthetic
+from infer_jax.errors import InputError
+
+# Methods compared against INFER in the generated statements, by row key.
+_BASELINES = ("random_hard", "random", "infer_wo_ufc", "sre2l")
+
+
+def load_results(paths: Sequence[str]) -> list[dict[str, Any]]:
+  """Reads distill summaries; each gets ``'_path'``. Raises InputError on unusable files."""
+  import json  # noqa: PLC0415
+
+  out = []
+  for path in paths:
+    try:
+      with open(path) as f:
+        summary = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+      raise InputError(f"cannot read results file {path}: {e}") from e
+    missing = [k for k in ("dataset", "ipc", "rows", "teachers", "config") if k not in summary]
+    if missing:
+      raise InputError(
+        f"{path} is not a distill summary (missing {missing}); give the summary.json files "
+        "written by python -m infer_jax.distill."
+      )
+    summary["_path"] = path
+    out.append(summary)
+  return out
+
+
+def _pct(x: float | None) -> str:
+  return "–" if x is None else f"{100 * x:.2f}"
+
+
+def _top1(row: dict[str, Any]) -> str:
+  return f"{_pct(row['final_top1_mean'])} ± {_pct(row['final_top1_std'])}"
+
+
+def _seconds(s: float) -> str:
+  s = float(s)
+  return f"{s / 60:.1f} min" if s >= 90 else f"{s:.0f} s"
+
+
+def title(summary: dict[str, Any]) -> str:
+  """Section title of a setting, e.g. ``'cifar10-jpegq75, ipc 10'``."""
+  return f"{summary['dataset']['name']}, ipc {summary['ipc']}"
+
+
+def comparisons(summary: dict[str, Any]) -> list[str]:
+  """Plain statements of INFER against each baseline present.
+
+  A difference is called a win or a loss only when it exceeds the larger of the two sample
+  standard deviations; otherwise the two are "within noise".
+  """
+  rows = {r["key"]: r for r in summary["rows"]}
+  lines = []
+  for key in ("infer", "infer_dyn"):
+    if key not in rows:
+      continue
+    ours = rows[key]
+    for other_key in (*_BASELINES, *(("infer",) if key == "infer_dyn" else ())):
+      if other_key not in rows:
+        continue
+      other = rows[other_key]
+      diff = ours["final_top1_mean"] - other["final_top1_mean"]
+      noise = max(ours["final_top1_std"], other["final_top1_std"])
+      if abs(diff) <= noise:
+        verdict = "within noise of"
+      elif diff > 0:
+        verdict = "beats"
+      else:
+        verdict = "**loses to**"
+      lines.append(
+        f"{ours['method']} {verdict} {other['method']}: {_top1(ours)} vs {_top1(other)} "
+        f"({100 * diff:+.2f} points; stored bytes {ours['bytes']['total']:,} vs "
+        f"{other['bytes']['total']:,})."
+      )
+  return lines
+
+
+def _reductions(summary: dict[str, Any]) -> list[str]:
+  """The settings that differ from the paper's recipe, read from the run's config."""
+  c = summary["config"]
+  teachers = ", ".join(
+    f"{t['architecture']} (width {t.get('width')}, {t.get('epochs')} epochs)"
+    for t in summary["teachers"]
+  )
+  return [
+    f"teachers: {teachers}",
+    f"recover: {c['recover']['iterations']} iterations, lr {c['recover']['lr']}, "
+    f"augment {c['recover']['augment']}",
+    f"student: {c['student']['arch']} width {c['student']['width']}, "
+    f"{c['student']['epochs']} epochs on the INFER set, batch {c['student']['batch_size']}, "
+    f"{c['student']['optimizer']} lr {c['student']['lr']}",
+    f"data: {c['data']['source']} {c['data']['path']} (name {c['data']['name'] or 'default'})",
+  ]
+
+
+def setting_markdown(summary: dict[str, Any], figures: dict[str, str]) -> str:
+  """The Markdown section of one setting (one results file)."""
+  d = summary["dataset"]
+  out = [f"## {title(summary)}", ""]
+  out.append(
+    f"{d['num_classes']} classes, {d['num_train']:,} training / {d['num_test']:,} test images "
+    f"of {'x'.join(map(str, d['image_shape']))}; K = {summary['K']} subsets, "
+    f"M = {summary['M']} teachers; evaluation seeds {summary['seeds']}. "
+    f"Results file: `{summary['_path']}`."
+  )
+  if not summary.get("complete", True):
+    out += ["", "**Incomplete: the run that wrote this file had not finished all rows.**"]
+  out += ["", "| teacher | width | epochs | test top-1 % |", "|---|---|---|---|"]
+  for t in summary["teachers"]:
+    out.append(
+      f"| {t['architecture']} | {t.get('width')} | {t.get('epochs')} | {_pct(t['test_top1'])} |"
+    )
+  out += [
+    "",
+    "| method | labels | top-1 % (final epoch, mean ± std) | best epoch % (test-selected) "
+    "| instances | images B | compensators B | labels B | teachers B | total B | ratio "
+    "| steps | student time (per seed) |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for r in summary["rows"]:
+    b = r["bytes"]
+    best = "–" if r.get("best_top1_mean") is None else _pct(r["best_top1_mean"])
+    per_seed = ", ".join(_seconds(x) for x in r["seconds"])
+    out.append(
+      f"| {r['method']} | {r['labels']} | {_top1(r)} | {best} | {r['instances']:,} "
+      f"| {b['images']:,} | {b['compensators']:,} | {b['labels']:,} | {b.get('teachers', 0):,} "
+      f"| {b['total']:,} | {b['compression_ratio']:.5f} | {r['steps']:,} | {per_seed} |"
+    )
+  out += ["", "Where INFER wins and where it does not:", ""]
+  out += [f"- {line}" for line in comparisons(summary)] or ["- (no INFER row)"]
+  out += [
+    "",
+    "Stage wall time: "
+    + ", ".join(f"{k} {_seconds(v)}" for k, v in summary["stage_seconds"].items())
+    + ".",
+  ]
+  out += ["", "Settings (reductions from the paper's recipe are stated in the config file):", ""]
+  out += [f"- {line}" for line in _reductions(summary)]
+  out += ["", "Commands (each reruns its row; rows already in the results file are kept):", ""]
+  out.append("```")
+  out.append(summary["command"])
+  out += [r["command"] for r in summary["rows"]]
+  out.append("```")
+  if title(summary) in figures:
+    out += ["", f"![compensators and compensated instances]({figures[title(summary)]})"]
+  return "\n".join(out)
+
+
+def plot_accuracy_vs_ratio(results: list[dict[str, Any]], path: str) -> None:
+  """Top-1 (mean ± std) against compression ratio, one marker per method (log x axis)."""
+  import matplotlib  # noqa: PLC0415
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 3.6), squeeze=False)
+  markers = dict(
+    zip(
+      ("random_hard", "random", "infer_wo_ufc", "sre2l", "infer", "infer_dyn"),
+      "vs^Do*",
+      strict=True,
+    )
+  )
+  for ax, summary in zip(axes[0], results, strict=True):
+    for r in summary["rows"]:
+      ax.errorbar(
+        r["bytes"]["compression_ratio"],
+        100 * r["final_top1_mean"],
+        yerr=100 * r["final_top1_std"],
+        marker=markers.get(r["key"], "o"),
+        markersize=8 if r["key"].startswith("infer") else 6,
+        capsize=3,
+        linestyle="none",
+        label=r["method"],
+      )
+    ax.set_xscale("log")
+    ax.set_xlabel("compression ratio (stored bytes / training set bytes)")
+    ax.set_ylabel("top-1 % (final epoch)")
+    ax.set_title(title(summary), fontsize=10)
+    ax.grid(alpha=0.3)
+  axes[0][0].legend(fontsize=7, loc="best")
+  fig.tight_layout()
+  _save_figure(fig, path)
+  plt.close(fig)
+
+
+def plot_compensators(s: synthetic.SyntheticSet, path: str, *, subset: int = 0, classes: int = 8):
+  """Grid: row 0 real images, then per teacher its compensator and compensated instances.
+
+  Compensators are shown min-max scaled per image (they are small and signed); instances
+  are shown as the student sees them, clip(x + u) back in [0, 1] pixels.
+  """
+  import matplotlib  # noqa: PLC0415
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  if s.compensators is None:
+    raise InputError("this set has no compensators to show (M = 0).")
+  k = min(subset, s.K - 1)
+  classes = min(classes, s.C)
+  rows = np.arange(classes)
+  instances, _, _ = synthetic.materialize_rows(
+    s, [(k * (s.M + 1) + m) * s.C + c for m in range(s.M + 1) for c in rows]
+  )
+  pixels = synthetic.denormalize_uint8(instances, s.metadata).reshape(
+    s.M + 1, classes, *s.images.shape[2:]
+  )
+  teachers = s.metadata.get("teachers", [f"teacher {m}" for m in range(s.M)])
+  fig, axes = plt.subplots(
+    s.M + 1, classes + 1, figsize=(1.3 * (classes + 1), 1.3 * (s.M + 1)), squeeze=False
+  )
+  for m in range(s.M + 1):
+    ax = axes[m][0]
+    if m == 0:
+      ax.text(0.5, 0.5, "real\nx", ha="center", va="center", fontsize=8)
+    else:
+      u = np.asarray(s.compensators[k, m - 1], np.float32)
+      ax.imshow((u - u.min()) / max(float(u.max() - u.min()), 1e-12))
+      ax.set_title(f"u: {teachers[m - 1]}", fontsize=6)
+    for c in range(classes):
+      axes[m][c + 1].imshow(pixels[m, c])
+      if m == 0:
+        axes[m][c + 1].set_title(f"class {c}", fontsize=6)
+    for ax in axes[m]:
+      ax.set_xticks([])
+      ax.set_yticks([])
+  fig.suptitle(f"subset {k}: real images (top) and x + u per teacher compensator", fontsize=8)
+  fig.tight_layout()
+  _save_figure(fig, path)
+  plt.close(fig)
+
+
+def _save_figure(fig, path: str) -> None:
+  """Writes a PNG atomically (temporary file, then rename)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp-{os.getpid()}.png"
+  fig.savefig(tmp, dpi=110)
+  os.replace(tmp, path)
+
+
+def _slug(text: str) -> str:
+  return "".join(ch if ch.isalnum() else "_" for ch in text).strip("_").lower()
+
+
+def write_report(
+  paths: Sequence[str], out: str, *, command: str | None = None, sets: dict[str, str] | None = None
+) -> dict[str, Any]:
+  """Generates the report and its figures.
+
+  Args:
+    paths: distill ``summary.json`` files, one per setting, in the order to show them.
+    out: the Markdown file to write; figures go to ``<dirname(out)>/figures/``.
+    command: the command line to print at the top (default: this process's).
+    sets: ``{setting title: INFER set path}`` overrides for the compensator grid (default
+      ``<workdir>/synthetic/infer.npz`` of each run, when it exists).
+
+  Returns:
+    ``{'markdown': path, 'figures': [paths]}``.
+  """
+  results = load_results(paths)
+  if not results:
+    raise InputError("give at least one results file.")
+  fig_dir = os.path.join(os.path.dirname(os.path.abspath(out)), "figures")
+  written = []
+  accuracy_png = os.path.join(fig_dir, "accuracy_vs_compression.png")
+  plot_accuracy_vs_ratio(results, accuracy_png)
+  written.append(accuracy_png)
+  grids = {}
+  for summary in results:
+    path = (sets or {}).get(title(summary))
+    if path is None:
+      workdir = summary["config"].get("workdir") or f"workdir/{summary['config']['name']}"
+      path = os.path.join(workdir, "synthetic", "infer.npz")
+    if os.path.exists(path):
+      png = os.path.join(fig_dir, f"compensators_{_slug(title(summary))}.png")
+      plot_compensators(synthetic.load(path), png)
+      grids[title(summary)] = os.path.relpath(png, os.path.dirname(os.path.abspath(out)))
+      written.append(png)
+  hardware = {tuple(sorted((k, str(v)) for k, v in r["hardware"].items())) for r in results}
+  command = command or shlex.join(["python", "-m", "infer_jax.report", *sys.argv[1:]])
+  out_dir = os.path.dirname(os.path.abspath(out))
+  md = [
+    "# Results",
+    "",
+    "Generated from the JSON files named below by the command that follows; do not edit by "
+    "hand, rerun it. Protocol: docs/PROTOCOL.md of the project's development docs, in short: "
+    "final-epoch top-1 on the real test set, mean ± sample standard deviation over the "
+    "evaluation seeds, every method with the same teachers, student, augmentation, MixUp, "
+    "temperature, optimiser and number of optimisation steps (INFER+Dyn: 1/(M+1) of the "
+    "epochs, labels from the teachers online, whose weights then count in its bytes). "
+    "A best-epoch figure, where shown, is selected on the test set and is for comparison "
+    "with papers only.",
+    "",
+    "```",
+    command,
+    "```",
+    "",
+    "Hardware: " + "; ".join(", ".join(f"{k} {v}" for k, v in h) for h in sorted(hardware)) + ".",
+    "",
+    f"![top-1 against compression ratio]({os.path.relpath(accuracy_png, out_dir)})",
+    "",
+  ]
+  md += [setting_markdown(r, grids) + "\n" for r in results]
+  text = "\n".join(md)
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  tmp = f"{out}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, out)
+  return {"markdown": out, "figures": written}
+
+
+def main(argv: list[str] | None = None) -> int:
+  """Command-line entry point; returns the exit status."""
+  parser = argparse.ArgumentParser(
+    prog="python -m infer_jax.report",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  parser.add_argument("results", nargs="+", help="summary.json files written by infer_jax.distill")
+  parser.add_argument("--out", default="docs/results.md", help="the Markdown file to write")
+  parser.add_argument("--preamble", default="", help="a Markdown file inserted after the title")
+  args = parser.parse_args(argv)
+  try:
+    info = write_report(args.results, args.out)
+    if args.preamble:
+      _insert_preamble(args.out, args.preamble)
+  except InputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"wrote {info['markdown']} and {len(info['figures'])} figure(s)")
+  return 0
+
+
+def _insert_preamble(out: str, preamble: str) -> None:
+  """Puts the text of ``preamble`` after the report's title line (hand-written context)."""
+  with open(preamble) as f:
+    extra = f.read().strip()
+  with open(out) as f:
+    title_line, rest = f.read().split("\n", 1)
+  checkpoint_tmp = f"{out}.tmp-{os.getpid()}"
+  with open(checkpoint_tmp, "w") as f:
+    f.write(f"{title_line}\n\n{extra}\n{rest}")
+  os.replace(checkpoint_tmp, out)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
