@@ -243,6 +243,8 @@ def main(config: ml_collections.ConfigDict) -> None:
   )
   results = squeeze(config, dataset)
   _print_table(results, dataset.info)
+  # The workdir may not exist yet when the teachers live elsewhere (config.teachers_dir).
+  os.makedirs(config_lib.workdir(config), exist_ok=True)
   path = os.path.join(config_lib.workdir(config), "teachers.json")
   checkpoint.write_json_atomic(path, results)
 

@@ -171,3 +171,12 @@ def test_squeeze_on_real_cifar10_images(shared_data, tmp_path):
     expected={"image_shape": (32, 32, 3)},
   )
   assert teacher.metadata["label_names"][0] == "airplane"
+
+
+def test_teachers_dir_puts_teachers_outside_the_workdir(tmp_path):
+  c = tiny_config(tmp_path / "run", epochs=1)
+  c.teachers_dir = str(tmp_path / "shared_teachers")
+  squeeze.main(c)  # the workdir does not exist yet: created for teachers.json
+  assert checkpoint.teacher_exists(str(tmp_path / "shared_teachers" / "resnet_tiny"))
+  assert (tmp_path / "run" / "teachers.json").exists()
+  assert not (tmp_path / "run" / "teachers").exists()
