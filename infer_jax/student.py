@@ -83,6 +83,7 @@ class Labeller:
   fn: Callable[[Any, jax.Array], jax.Array]
   variables: Any
 
+
 LABEL_MODES = ("static", "hard", "dynamic")
 
 
