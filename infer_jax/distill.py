@@ -31,6 +31,7 @@ import numpy as np
 from infer_jax import (
   checkpoint,
   config_lib,
+  distributed,
   recover,
   relabel,
   squeeze,
@@ -141,7 +142,9 @@ def build_infer_set(
   )
   timings["relabel"] = time.perf_counter() - t
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  synthetic.save(path, labelled)
+  if distributed.is_primary():  # every process holds the same set; one writes it
+    synthetic.save(path, labelled)
+  distributed.barrier("synthetic.save")
   return labelled
 
 
@@ -262,13 +265,16 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
       "platform": jax.devices()[0].platform,
       "device_kind": jax.devices()[0].device_kind,
       "device_count": jax.device_count(),
+      "process_count": jax.process_count(),
       "cpu_count": os.cpu_count(),
       "machine": platform.machine(),
     },
     "config": config.to_dict(),
   }
-  _print_summary(summary)
-  checkpoint.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+  if distributed.is_primary():
+    _print_summary(summary)
+    checkpoint.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+  distributed.barrier("summary.json")
   return summary
 
 

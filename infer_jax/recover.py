@@ -38,7 +38,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from infer_jax import bn_stats, checkpoint, train
+from infer_jax import bn_stats, checkpoint, distributed, train
 from infer_jax.errors import InputError
 
 PARAMETERISATIONS = ("compensator", "class_specific")
@@ -309,7 +309,7 @@ def recover_teacher(
   Raises:
     InputError: the loss became non-finite (nothing of that state is saved).
   """
-  mesh = mesh if mesh is not None else Mesh(np.asarray(jax.devices()), ("data",))
+  mesh = mesh if mesh is not None else train.data_mesh()
   k, c = labels.shape
   image_shape = base.shape[2:]
   name = teacher.metadata["architecture"]
@@ -348,7 +348,7 @@ def recover_teacher(
   if start >= cfg.iterations:
     if ckpt is not None:
       ckpt.close()
-    return np.asarray(params)[:k]
+    return distributed.to_host(params)[:k]
 
   first_layer = bn_stats.bn_layer_order(teacher.model, teacher.variables, (c, *image_shape))[0]
   step = make_step(teacher.model, cfg, first_layer, tx, teacher_index)
@@ -357,7 +357,8 @@ def recover_teacher(
   labels_d = jax.device_put(_pad_subsets(labels.astype(np.int32), mesh.size), shard)
 
   def check_finite(metrics, it):
-    loss = np.asarray(metrics["loss"])[:k]
+    # Every process gathers the losses, so all of them stop together on a bad one.
+    loss = distributed.to_host(metrics["loss"])[:k]
     if not np.all(np.isfinite(loss)):
       raise InputError(
         f"[recover {name}] the loss became non-finite at iteration {it} (subsets "
@@ -388,8 +389,8 @@ def recover_teacher(
       rate = (done - window[1]) * k * c / max(now - window[0], 1e-9)
       log(
         f"[recover {name}] it {done}/{cfg.iterations} loss {loss.mean():.4f} "
-        f"ce {np.asarray(metrics['ce'])[:k].mean():.4f} "
-        f"bn {np.asarray(metrics['bn'])[:k].mean():.4f} {rate:.1f} img-it/s"
+        f"ce {distributed.to_host(metrics['ce'])[:k].mean():.4f} "
+        f"bn {distributed.to_host(metrics['bn'])[:k].mean():.4f} {rate:.1f} img-it/s"
       )
       window = (now, done)
     if ckpt is not None and (done % cfg.checkpoint_every == 0 or done == cfg.iterations):
@@ -400,7 +401,8 @@ def recover_teacher(
   jax.block_until_ready(params)
   if ckpt is not None:
     ckpt.close()
-  return np.asarray(params)[:k]
+  # With several processes each holds only its devices' subsets: gather them all.
+  return distributed.to_host(params)[:k]
 
 
 def recover_all(

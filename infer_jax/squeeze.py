@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from infer_jax import checkpoint, config_lib, train
+from infer_jax import checkpoint, config_lib, distributed, train
 from infer_jax.data import pipeline, sources
 from infer_jax.errors import InputError
 
@@ -245,7 +245,9 @@ def main(config: ml_collections.ConfigDict) -> None:
   results = squeeze(config, dataset)
   _print_table(results, dataset.info)
   path = os.path.join(config_lib.workdir(config), "teachers.json")
-  checkpoint.write_json_atomic(path, results)
+  if distributed.is_primary():  # a shared file: one writer
+    checkpoint.write_json_atomic(path, results)
+  distributed.barrier("teachers.json")
 
 
 if __name__ == "__main__":
