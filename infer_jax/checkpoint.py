@@ -100,6 +100,13 @@ class TrainCheckpointer:
     )
     self._manager.wait_until_finished()
 
+  def read_json(self, step: int, item: str) -> dict:
+    """One JSON item ('data_iter' or 'meta') of checkpoint ``step``, without its arrays."""
+    restored = self._manager.restore(
+      step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()})
+    )
+    return dict(restored[item])
+
   def restore_latest(self, like: PyTree) -> tuple[int, PyTree, dict, dict] | None:
     """Restores the newest checkpoint into the structure, shapes and shardings of ``like``.
 

@@ -20,7 +20,8 @@ independent optimisers. The subset axis is sharded over the devices of a one-axi
 
 Progress is checkpointed with Orbax every ``checkpoint_every`` iterations; the random
 draws are pure functions of (seed, teacher index, iteration), so a run killed at any
-point and resumed ends with bit-for-bit the parameters of an uninterrupted run.
+point and resumed ends with bit-for-bit the parameters of an uninterrupted run -- also when
+it resumes on another number of devices or hosts (the padding of K is redone).
 """
 
 from __future__ import annotations
@@ -334,14 +335,33 @@ def recover_teacher(
     "parameterisation": cfg.parameterisation,
     "iterations": cfg.iterations,
   }
+  padded = params.shape[0]
   if ckpt is not None:
-    restored = ckpt.restore_latest({"params": params, "opt_state": opt_state})
+    like = {"params": params, "opt_state": opt_state}
+    latest = ckpt.latest_step()
+    saved = padded
+    if latest is not None:
+      saved = int(ckpt.read_json(latest, "data_iter").get("padded_subsets", padded))
+    if saved != padded:
+      # Written on another device count (a preempted job relaunched on another allocation):
+      # K was padded to another multiple. Restore replicated, then re-pad for this mesh.
+      like = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(
+          (saved, *a.shape[1:]) if a.ndim else a.shape, a.dtype, sharding=repl
+        ),
+        like,
+      )
+    restored = ckpt.restore_latest(like)
     if restored is not None:
       start, state, _, meta = restored
       if meta != identity:
         raise InputError(
           f"The recover checkpoint in {directory} belongs to another run "
           f"({meta} != {identity}); use a fresh --config.workdir."
+        )
+      if saved != padded:
+        state = jax.tree.map(
+          lambda a: _pad_subsets(distributed.to_host(a)[:k], mesh.size) if a.ndim else a, state
         )
       params, opt_state = place(state["params"]), place(state["opt_state"])
       log(f"[recover {name}] resuming at iteration {start}/{cfg.iterations}")
@@ -396,7 +416,12 @@ def recover_teacher(
     if ckpt is not None and (done % cfg.checkpoint_every == 0 or done == cfg.iterations):
       check_finite(metrics, done)
       jax.block_until_ready(params)
-      ckpt.save(done, {"params": params, "opt_state": opt_state}, {"iteration": done}, identity)
+      ckpt.save(
+        done,
+        {"params": params, "opt_state": opt_state},
+        {"iteration": done, "padded_subsets": padded},
+        identity,
+      )
   check_finite(metrics, cfg.iterations)
   jax.block_until_ready(params)
   if ckpt is not None:
