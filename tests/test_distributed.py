@@ -131,6 +131,16 @@ def test_probe_of_a_closed_port_is_an_input_error():
   assert time.perf_counter() - start < 5
 
 
+def test_coordinator_port_in_use_is_an_input_error():
+  with socket.socket() as busy:
+    busy.bind(("", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    with pytest.raises(InputError, match=f"cannot open the coordinator port {port}"):
+      distributed._check_bindable(f"127.0.0.1:{port}")
+  distributed._check_bindable(f"127.0.0.1:{_free_port()}")
+
+
 def test_single_process_helpers():
   assert distributed.is_primary()
   distributed.barrier("nothing to wait for")
