@@ -317,4 +317,4 @@ def test_two_processes_match_one_and_resume_after_a_kill(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   a = checkpoint.load_teacher(str(work / "teachers" / "resnet_tiny"))
   b = checkpoint.load_teacher(str(single / "teachers" / "resnet_tiny"))
-  chex.assert_trees_all_close(a.variables, b.variables, atol=1e-3, rtol=1e-3)
+  chex.assert_trees_all_close(a.variables, b.variables, atol=1e-5, rtol=1e-5)  # 2.4e-7 seen
