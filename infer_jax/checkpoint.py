@@ -26,9 +26,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
-from infer_jax import models
+from infer_jax import distributed, models
 from infer_jax.errors import InputError
 
 PyTree = Any
@@ -98,6 +99,13 @@ class TrainCheckpointer:
       force=True,
     )
     self._manager.wait_until_finished()
+
+  def read_json(self, step: int, item: str) -> dict:
+    """One JSON item ('data_iter' or 'meta') of checkpoint ``step``, without its arrays."""
+    restored = self._manager.restore(
+      step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()})
+    )
+    return dict(restored[item])
 
   def restore_latest(self, like: PyTree) -> tuple[int, PyTree, dict, dict] | None:
     """Restores the newest checkpoint into the structure, shapes and shardings of ``like``.
@@ -253,6 +261,9 @@ def save_teacher(directory: str, variables: PyTree, metadata: Mapping[str, Any])
     raise InputError(
       f"A finished teacher already exists in {directory}; delete it first to replace it."
     )
+  # Every process must have looked before any of them writes: a process that looked after
+  # process 0 had committed would see a teacher and refuse, and the processes would part.
+  distributed.barrier("save_teacher")
   variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
   with _manager(_final_dir(directory), max_to_keep=None) as mngr:
     mngr.save(
@@ -308,7 +319,16 @@ def load_teacher(
     raise InputError(
       f"The teacher in {directory} names an architecture this version cannot build: {e}"
     ) from e
-  target = abstract_variables(model, meta["image_shape"])
+  # Replicated over every device of every process: each process then holds the whole
+  # teacher, as the recover, relabel and evaluation steps need (and a multi-host restore
+  # needs a sharding for every array).
+  replicated = jax.sharding.NamedSharding(
+    jax.sharding.Mesh(np.asarray(jax.devices()), ("data",)), jax.sharding.PartitionSpec()
+  )
+  target = jax.tree.map(
+    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+    abstract_variables(model, meta["image_shape"]),
+  )
   try:
     with _manager(_final_dir(directory)) as mngr:
       restored = mngr.restore(
@@ -327,4 +347,7 @@ def remove_training_checkpoints(directory: str) -> None:
   """Deletes ``train/`` of a teacher once its final checkpoint is committed."""
   if not teacher_exists(directory):
     raise RuntimeError("Refusing to delete training checkpoints of an unfinished teacher.")
-  shutil.rmtree(os.path.join(os.path.abspath(directory), "train"), ignore_errors=True)
+  # One process deletes (a shared directory); the others wait so none sees half of it.
+  if distributed.is_primary():
+    shutil.rmtree(os.path.join(os.path.abspath(directory), "train"), ignore_errors=True)
+  distributed.barrier("remove_training_checkpoints")

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from absl import app, logging
 from ml_collections import config_flags
 
+from infer_jax import distributed
 from infer_jax.errors import InputError
 
 CONFIG = config_flags.DEFINE_config_file(
@@ -85,6 +86,9 @@ def run(main: Callable[..., None]) -> None:
       # and Orbax chatter; --verbosity=0 brings it back.
       logging.set_verbosity(logging.WARNING)
     try:
+      # Joins a multi-process run (before any other JAX call) and checks it; a no-op
+      # for a plain single-process run.
+      distributed.setup(CONFIG.value)
       main(CONFIG.value)
     except InputError as e:
       print(f"error: {e}", file=sys.stderr)

@@ -105,6 +105,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluate.set = ""  # python -m infer_jax.evaluate: the synthetic set (.npz) to evaluate
   c.evaluate.labels = "static"  # static | dynamic | hard
   c.evaluate.out = ""  # result JSON; '' = <workdir>/evaluate/<set>-<labels>.json
+
+  # Multi-process runs (infer_jax.distributed, docs/scaling.md). On SLURM (srun), Open MPI
+  # and Cloud TPU pods everything is auto-detected; elsewhere give the coordinator address,
+  # process count and, per process, its id. Only these settings may differ between processes.
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.mode = "auto"  # auto | on | off: when to call jax.distributed.initialize()
+  c.distributed.coordinator_address = ""  # host:port of process 0; '' = auto-detect
+  c.distributed.num_processes = 0  # 0 = auto-detect
+  c.distributed.process_id = -1  # -1 = auto-detect
+  c.distributed.initialization_timeout = 300  # seconds to wait for the coordinator and peers
+  c.distributed.cpu_devices = 0  # CPU devices per process (local runs); 0 = JAX's default
   return c
 
 

@@ -47,6 +47,7 @@ import numpy as np
 from infer_jax import (
   checkpoint,
   config_lib,
+  distributed,
   evaluate,
   recover,
   relabel,
@@ -156,14 +157,15 @@ def build_infer_set(
     label_dtype=config.synthetic.label_dtype,
   )
   timings["relabel"] = time.perf_counter() - t
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  synthetic.save(path, labelled)
-  return labelled
+  return _save(path, labelled)
 
 
 def _save(path: str, s: synthetic.SyntheticSet) -> synthetic.SyntheticSet:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  synthetic.save(path, s)
+  """Saves ``s`` (every process holds the same set; the primary one writes it)."""
+  if distributed.is_primary():
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    synthetic.save(path, s)
+  distributed.barrier(f"save {os.path.basename(path)}")
   return s
 
 
@@ -432,14 +434,22 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
       }
     )
     summary["stage_seconds"] = {k: round(v, 2) for k, v in timings.items()}
-    checkpoint.write_json_atomic(summary_path, summary)
+    _write_summary(summary_path, summary)
 
   timings["total (this run)"] = time.perf_counter() - t_start
   summary["stage_seconds"] = {k: round(v, 2) for k, v in timings.items()}
   summary["complete"] = True
-  _print_summary(summary)
-  checkpoint.write_json_atomic(summary_path, summary)
+  if distributed.is_primary():
+    _print_summary(summary)
+  _write_summary(summary_path, summary)
   return summary
+
+
+def _write_summary(path: str, summary: dict[str, Any]) -> None:
+  """Process 0 writes the summary (atomically); the others wait for it."""
+  if distributed.is_primary():
+    checkpoint.write_json_atomic(path, summary)
+  distributed.barrier("summary.json")
 
 
 def _print_summary(summary: dict[str, Any]) -> None:

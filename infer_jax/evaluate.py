@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from infer_jax import checkpoint, config_lib, student, synthetic
+from infer_jax import checkpoint, config_lib, distributed, student, synthetic
 from infer_jax.data import sources
 from infer_jax.errors import InputError
 
@@ -267,8 +267,10 @@ def main(config: ml_collections.ConfigDict) -> None:
     "evaluate",
     f"{os.path.splitext(os.path.basename(path))[0]}-{labels}.json",
   )
-  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-  checkpoint.write_json_atomic(out_path, out)
+  if distributed.is_primary():  # every process has the same result; one writes it
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    checkpoint.write_json_atomic(out_path, out)
+  distributed.barrier("evaluate json")
   print(
     f"[evaluate] {os.path.basename(path)} ({labels} labels): final-epoch top-1 "
     f"{format_top1(result)}% over seeds {result['seeds']}; wrote {out_path}",

@@ -20,7 +20,8 @@ independent optimisers. The subset axis is sharded over the devices of a one-axi
 
 Progress is checkpointed with Orbax every ``checkpoint_every`` iterations; the random
 draws are pure functions of (seed, teacher index, iteration), so a run killed at any
-point and resumed ends with bit-for-bit the parameters of an uninterrupted run.
+point and resumed ends with bit-for-bit the parameters of an uninterrupted run -- also when
+it resumes on another number of devices or hosts (the padding of K is redone).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from infer_jax import bn_stats, checkpoint, train
+from infer_jax import bn_stats, checkpoint, distributed, train
 from infer_jax.errors import InputError
 
 PARAMETERISATIONS = ("compensator", "class_specific")
@@ -309,7 +310,7 @@ def recover_teacher(
   Raises:
     InputError: the loss became non-finite (nothing of that state is saved).
   """
-  mesh = mesh if mesh is not None else Mesh(np.asarray(jax.devices()), ("data",))
+  mesh = mesh if mesh is not None else train.data_mesh()
   k, c = labels.shape
   image_shape = base.shape[2:]
   name = teacher.metadata["architecture"]
@@ -334,8 +335,23 @@ def recover_teacher(
     "parameterisation": cfg.parameterisation,
     "iterations": cfg.iterations,
   }
+  padded = params.shape[0]
   if ckpt is not None:
-    restored = ckpt.restore_latest({"params": params, "opt_state": opt_state})
+    like = {"params": params, "opt_state": opt_state}
+    latest = ckpt.latest_step()
+    saved = padded
+    if latest is not None:
+      saved = int(ckpt.read_json(latest, "data_iter").get("padded_subsets", padded))
+    if saved != padded:
+      # Written on another device count (a preempted job relaunched on another allocation):
+      # K was padded to another multiple. Restore replicated, then re-pad for this mesh.
+      like = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(
+          (saved, *a.shape[1:]) if a.ndim else a.shape, a.dtype, sharding=repl
+        ),
+        like,
+      )
+    restored = ckpt.restore_latest(like)
     if restored is not None:
       start, state, _, meta = restored
       if meta != identity:
@@ -343,12 +359,16 @@ def recover_teacher(
           f"The recover checkpoint in {directory} belongs to another run "
           f"({meta} != {identity}); use a fresh --config.workdir."
         )
+      if saved != padded:
+        state = jax.tree.map(
+          lambda a: _pad_subsets(distributed.to_host(a)[:k], mesh.size) if a.ndim else a, state
+        )
       params, opt_state = place(state["params"]), place(state["opt_state"])
       log(f"[recover {name}] resuming at iteration {start}/{cfg.iterations}")
   if start >= cfg.iterations:
     if ckpt is not None:
       ckpt.close()
-    return np.asarray(params)[:k]
+    return distributed.to_host(params)[:k]
 
   first_layer = bn_stats.bn_layer_order(teacher.model, teacher.variables, (c, *image_shape))[0]
   step = make_step(teacher.model, cfg, first_layer, tx, teacher_index)
@@ -357,7 +377,8 @@ def recover_teacher(
   labels_d = jax.device_put(_pad_subsets(labels.astype(np.int32), mesh.size), shard)
 
   def check_finite(metrics, it):
-    loss = np.asarray(metrics["loss"])[:k]
+    # Every process gathers the losses, so all of them stop together on a bad one.
+    loss = distributed.to_host(metrics["loss"])[:k]
     if not np.all(np.isfinite(loss)):
       raise InputError(
         f"[recover {name}] the loss became non-finite at iteration {it} (subsets "
@@ -388,19 +409,25 @@ def recover_teacher(
       rate = (done - window[1]) * k * c / max(now - window[0], 1e-9)
       log(
         f"[recover {name}] it {done}/{cfg.iterations} loss {loss.mean():.4f} "
-        f"ce {np.asarray(metrics['ce'])[:k].mean():.4f} "
-        f"bn {np.asarray(metrics['bn'])[:k].mean():.4f} {rate:.1f} img-it/s"
+        f"ce {distributed.to_host(metrics['ce'])[:k].mean():.4f} "
+        f"bn {distributed.to_host(metrics['bn'])[:k].mean():.4f} {rate:.1f} img-it/s"
       )
       window = (now, done)
     if ckpt is not None and (done % cfg.checkpoint_every == 0 or done == cfg.iterations):
       check_finite(metrics, done)
       jax.block_until_ready(params)
-      ckpt.save(done, {"params": params, "opt_state": opt_state}, {"iteration": done}, identity)
+      ckpt.save(
+        done,
+        {"params": params, "opt_state": opt_state},
+        {"iteration": done, "padded_subsets": padded},
+        identity,
+      )
   check_finite(metrics, cfg.iterations)
   jax.block_until_ready(params)
   if ckpt is not None:
     ckpt.close()
-  return np.asarray(params)[:k]
+  # With several processes each holds only its devices' subsets: gather them all.
+  return distributed.to_host(params)[:k]
 
 
 def recover_all(

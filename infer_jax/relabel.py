@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from infer_jax import checkpoint
+from infer_jax import checkpoint, distributed, train
 
 
 @functools.lru_cache(maxsize=32)
@@ -44,7 +44,7 @@ def teacher_logits(
   Returns:
     float32 ``[N, num_classes]``.
   """
-  mesh = mesh if mesh is not None else Mesh(np.asarray(jax.devices()), ("data",))
+  mesh = mesh if mesh is not None else train.data_mesh()
   batch_size = -(-batch_size // mesh.size) * mesh.size
   shard = NamedSharding(mesh, P("data"))
   variables = jax.device_put(teacher.variables, NamedSharding(mesh, P()))
@@ -55,7 +55,7 @@ def teacher_logits(
     n = len(chunk)
     if n < batch_size:  # one shape for every batch: one compilation
       chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]), np.float32)])
-    out.append(np.asarray(fn(variables, jax.device_put(chunk, shard)))[:n])
+    out.append(distributed.to_host(fn(variables, jax.device_put(chunk, shard)))[:n])
   return np.concatenate(out)
 
 

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from infer_jax import checkpoint, config_lib, train
+from infer_jax import checkpoint, config_lib, distributed, train
 from infer_jax.data import pipeline, sources
 from infer_jax.errors import InputError
 
@@ -246,7 +246,9 @@ def main(config: ml_collections.ConfigDict) -> None:
   # The workdir may not exist yet when the teachers live elsewhere (config.teachers_dir).
   os.makedirs(config_lib.workdir(config), exist_ok=True)
   path = os.path.join(config_lib.workdir(config), "teachers.json")
-  checkpoint.write_json_atomic(path, results)
+  if distributed.is_primary():  # a shared file: one writer
+    checkpoint.write_json_atomic(path, results)
+  distributed.barrier("teachers.json")
 
 
 if __name__ == "__main__":

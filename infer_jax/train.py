@@ -49,8 +49,13 @@ def format_duration(seconds: float) -> str:
 
 
 def data_mesh(devices=None) -> Mesh:
-  """A one-axis mesh named 'data' over all (or the given) devices."""
+  """A one-axis mesh named 'data' over all (or the given) devices.
+
+  Devices are ordered by process, so that each process's devices hold adjacent rows of a
+  sharded batch (the data pipeline loads one contiguous block of rows per process).
+  """
   devices = jax.devices() if devices is None else devices
+  devices = sorted(devices, key=lambda d: (d.process_index, d.id))
   return Mesh(np.asarray(devices), ("data",))
 
 

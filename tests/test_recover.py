@@ -227,6 +227,31 @@ def test_resume_equals_uninterrupted(tmp_path, teacher):
   np.testing.assert_array_equal(resumed, straight)  # bit for bit
 
 
+def test_resume_on_another_device_count(tmp_path, teacher):
+  # A job preempted on 8 devices (3 subsets padded to 8) and relaunched on 2 (padded to 4).
+  base, labels = _problem(k=3)
+  cfg = recover.RecoverConfig(iterations=6, lr=0.1, jitter=2, checkpoint_every=3, log_every=0)
+  quiet = lambda s: None  # noqa: E731
+  straight = recover.recover_teacher(teacher, base, labels, cfg, teacher_index=0, log=quiet)
+  recover.recover_teacher(
+    teacher, base, labels, cfg, teacher_index=0, directory=str(tmp_path), log=quiet
+  )
+  shutil.rmtree(tmp_path / "6")
+  messages = []
+  resumed = recover.recover_teacher(
+    teacher,
+    base,
+    labels,
+    cfg,
+    teacher_index=0,
+    directory=str(tmp_path),
+    mesh=Mesh(np.asarray(jax.devices()[:2]), ("data",)),
+    log=messages.append,
+  )
+  assert any("resuming at iteration 3" in m for m in messages)
+  np.testing.assert_allclose(resumed, straight, rtol=1e-5, atol=1e-6)
+
+
 def test_non_finite_loss_is_an_error_and_nothing_is_saved(tmp_path, teacher):
   broken = jax.tree.map(lambda a: -jnp.ones_like(a), teacher.variables["batch_stats"])
   bad = checkpoint.Teacher(
