@@ -12,8 +12,8 @@ wherever the results are reported:
 * data: the 100-per-class training subset (paper: 500 per class);
 * teachers: two families, ResNet-18 and ShuffleNet v1 (g=2), at channel width 0.25,
   trained 2 epochs (paper: four families, full width);
-* recover: 60 iterations (paper: 2000), random resized crop + flip + roll as the paper; the
-  SRe2L-style baseline synthesises its 2,000 images with the same 60 iterations;
+* recover: 40 iterations (paper: 2000), random resized crop + flip + roll as the paper; the
+  SRe2L-style baseline synthesises its 2,000 images with the same 40 iterations;
 * student: ResNet-18 at width 0.25 for one epoch of the INFER set (5,400 instances, 84
   steps of batch 64; paper: full width, 200 epochs), the paper's SGD / MixUp / KL(T=30)
   recipe; INFER+Dyn gets one epoch too (the minimum; 1/(M+1) of one epoch rounds up);
@@ -40,7 +40,7 @@ def get_config(arg=None):
   c.squeeze.checkpoint_every_steps = 100
   c.squeeze.log_every_steps = 50
   c.recover.lr = 0.1
-  c.recover.iterations = 60
+  c.recover.iterations = 40
   c.recover.augment = "rrc_flip_roll"
   c.recover.checkpoint_every = 20
   c.recover.log_every = 20

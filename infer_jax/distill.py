@@ -291,6 +291,12 @@ METHODS: dict[str, tuple[str, str, str]] = {
 }
 
 
+# The order rows are computed in: the INFER rows and the cheap baselines first, the
+# SRe2L-style synthesis (a whole extra recover) last, so an interrupted comparison has the
+# most informative rows already.
+COMPUTE_ORDER = ("infer", "random", "random_hard", "infer_wo_ufc", "infer_dyn", "sre2l")
+
+
 def method_keys(config: ml_collections.ConfigDict) -> list[str]:
   """The comparison's methods (``config.methods``, comma-separated), in table order."""
   keys = [k.strip() for k in config.methods.split(",") if k.strip()]
@@ -393,7 +399,8 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
     "command": evaluate.command_line("infer_jax.distill"),
     "complete": False,
   }
-  for i, key in enumerate(keys):
+  by_key: dict[str, dict[str, Any]] = {}
+  for i, key in enumerate(sorted(keys, key=COMPUTE_ORDER.index)):
     name, set_name, labels = METHODS[key]
     s = get_set(set_name)
     if labels == "dynamic":
@@ -412,7 +419,7 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
     old = old_rows.get(key)
     if old is not None and old.get("fingerprint") == fingerprint:
       print(f"[distill] {name}: kept from {summary_path} (same set, student and seeds)")
-      rows.append(old)
+      by_key[key] = old
       continue
     print(f"[distill] row {i + 1}/{len(keys)}: {name} ({labels} labels, {epochs} epochs)")
     t = time.perf_counter()
@@ -420,22 +427,22 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
       row_cfg, s, dataset, seeds=eval_seeds, labels=labels, teachers=teachers
     )
     timings[f"student: {name}"] = round(time.perf_counter() - t, 2)
-    rows.append(
-      {
-        "key": key,
-        "method": name,
-        "set": set_name,
-        "labels": labels,
-        "instances": s.num_instances,
-        "bytes": evaluate.budget(s, info, teachers if labels == "dynamic" else None),
-        **result,
-        "fingerprint": fingerprint,
-        "command": evaluate.command_line("infer_jax.distill", methods=key),
-      }
-    )
+    by_key[key] = {
+      "key": key,
+      "method": name,
+      "set": set_name,
+      "labels": labels,
+      "instances": s.num_instances,
+      "bytes": evaluate.budget(s, info, teachers if labels == "dynamic" else None),
+      **result,
+      "fingerprint": fingerprint,
+      "command": evaluate.command_line("infer_jax.distill", methods=key),
+    }
+    rows[:] = [by_key[k] for k in keys if k in by_key]  # table order
     summary["stage_seconds"] = {k: round(v, 2) for k, v in timings.items()}
     _write_summary(summary_path, summary)
 
+  rows[:] = [by_key[k] for k in keys]
   timings["total (this run)"] = time.perf_counter() - t_start
   summary["stage_seconds"] = {k: round(v, 2) for k, v in timings.items()}
   summary["complete"] = True
