@@ -276,7 +276,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
   print(
     f"\n{summary['dataset']['name']}, ipc {summary['ipc']} (K={summary['K']}, "
     f"M={summary['M']}), student {summary['student']}; teachers: "
-    + ", ".join(f"{n} {100 * a:.1f}%" for n, a in summary["teachers"].items())
+    + ", ".join(f"{n} {squeeze.accuracy_text(a)}" for n, a in summary["teachers"].items())
   )
   print(
     f"  {'method':<30} {'top-1':>7} {'stored bytes':>13} {'(img/comp/labels)':>26} {'ratio':>8}"
