@@ -267,11 +267,16 @@ def _slots(abstract: PyTree) -> dict[str, dict[tuple[str, str], tuple[str, ...]]
   return slots
 
 
-def _torch_name(key: tuple[str, ...], slots_by_key: dict[tuple[str, ...], str]) -> str:
-  """The PyTorch state_dict key a Flax variable corresponds to (for messages)."""
-  leaf = key[-1]
+def _torch_name(key: tuple[str, ...]) -> str:
+  """The PyTorch state_dict key of a Flax variable (for messages and signatures).
+
+  The reference layouts use no '_' in module names, so every '_' of a Flax module name
+  stands for a '.' (``('layer1_0', 'conv1', 'kernel')`` -> ``layer1.0.conv1.weight``).
+  """
+  collection, *path, leaf = key
+  del collection
   kind = {"kernel": "weight", "scale": "weight", "mean": "running_mean", "var": "running_var"}
-  return f"{slots_by_key[key]}.{kind.get(leaf, leaf)}"
+  return ".".join(path).replace("_", ".") + "." + kind.get(leaf, leaf)
 
 
 def _torch_shape(key: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -368,24 +373,23 @@ def _mismatch_error(state, flat_abstract, slots_by_key, unexpected, missing, mis
   """InputError naming the problem: class count, or the key lists."""
   # A wrong class count shows up as the classifier alone being mis-shaped.
   dense = [k for k in flat_abstract if k[-1] == "kernel" and len(flat_abstract[k].shape) == 2]
-  if not unexpected and not missing and misshaped and dense:
+  if not unexpected and not missing and misshaped and len(dense) == 1:
     head = slots_by_key[dense[0]]
     if all(slots_by_key[m[1]] == head for m in misshaped):
-      weight = state.get(f"{head}.weight")
-      if weight is not None and np.ndim(weight) == 2:
-        want = flat_abstract[dense[0]].shape[1]
-        got = np.shape(weight)[0]
-        if got != want:
-          return ClassCountError(
-            f"The checkpoint's classifier '{head}' has {got} outputs, but the model is built "
-            f"for {want} classes. Pass --num-classes {got} if the checkpoint is the right "
-            f"one (a {got}-class teacher), or use the checkpoint trained on this dataset."
-          )
+      weight = [m for m in misshaped if m[1] == dense[0]]
+      want = flat_abstract[dense[0]].shape[1]
+      if weight and isinstance(weight[0][2], tuple) and weight[0][2][0] != want:
+        name, got = weight[0][0].rpartition(".")[0], weight[0][2][0]
+        return ClassCountError(
+          f"The checkpoint's classifier '{name}' has {got} outputs, but the model is built "
+          f"for {want} classes. Pass --num-classes {got} if the checkpoint is the right "
+          f"one (a {got}-class teacher), or use the checkpoint trained on this dataset."
+        )
   lines = []
   if unexpected:
     lines.append(_listing("unexpected keys in the checkpoint", sorted(unexpected)))
   if missing:
-    names = sorted(_torch_name(k, slots_by_key) for k in missing)
+    names = sorted(_torch_name(k) for k in missing)
     lines.append(_listing("missing keys the model needs", names))
   if misshaped:
     lines.append(
@@ -417,8 +421,7 @@ def _arch_signature(name: str, stem: str) -> frozenset[str]:
     shapes = checkpoint.abstract_variables(model, (32, 32, 3))
   except ValueError:  # InputError included: e.g. ShuffleNet v1 has no ImageNet layout
     return frozenset()
-  slots_by_key = {k: n for n, s in _slots(shapes).items() for k in s.values()}
-  return frozenset(_torch_name(k, slots_by_key) for k in slots_by_key)
+  return frozenset(_torch_name(k) for k in traverse_util.flatten_dict(shapes))
 
 
 def _canonical(keys) -> frozenset[str]:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
+import os
 
 import chex
 import jax
@@ -273,3 +275,265 @@ def test_deep_resnets_give_the_same_logits(name, stem):
   apply = jax.jit(functools.partial(model.apply, train=False))
   logits = apply(variables, jnp.asarray(x.transpose(0, 2, 3, 1)))
   _close(logits, expected, 1e-4, "logits")
+
+
+# --------------------------------------------------------------------------- files, CLI
+
+
+def _tiny_checkpoint(num_classes: int = 10, seed: int = 0):
+  """A resnet_tiny reference (CIFAR stem) with non-trivial BN statistics."""
+  torch.manual_seed(seed)
+  ref = reference("resnet_tiny", num_classes, "cifar")
+  rng = np.random.default_rng(seed)
+  randomize_batch_norm(ref, torch.from_numpy(rng.normal(size=(8, 3, 8, 8)).astype(np.float32)))
+  return ref
+
+
+def _convert_args(path, out, *extra, arch="resnet_tiny", num_classes=10):
+  return [
+    "--arch",
+    arch,
+    "--num-classes",
+    str(num_classes),
+    "--torch",
+    str(path),
+    "--out",
+    str(out),
+    "--dataset",
+    "cifar10",
+    *extra,
+  ]
+
+
+def _logits(teacher, x_nchw):
+  x = jnp.asarray(x_nchw.transpose(0, 2, 3, 1))
+  return np.asarray(teacher.model.apply(teacher.variables, x))
+
+
+@pytest.mark.parametrize("layout", ["bare", "dataparallel", "legacy", "safetensors"])
+def test_cli_converts_every_container_and_records_the_source(tmp_path, layout):
+  ref = _tiny_checkpoint()
+  state = ref.state_dict()
+  path = tmp_path / "ckpt.pth"
+  if layout == "bare":
+    torch.save(state, path)
+  elif layout == "dataparallel":  # nn.DataParallel keys, nested with training info
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 200}, path)
+  elif layout == "legacy":  # the pre-zip torch.save format, under 'model'
+    torch.save({"model": state}, path, _use_new_zipfile_serialization=False)
+  else:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "ckpt.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+  out = tmp_path / "teachers" / "resnet_tiny"
+  assert convert.main(_convert_args(path, out)) == 0
+  teacher = checkpoint.load_teacher(
+    str(out), expected={"architecture": "resnet_tiny", "dataset": "cifar10", "num_classes": 10}
+  )
+  meta = teacher.metadata
+  assert meta["source"] == "pytorch" and meta["test_accuracy"] is None
+  assert meta["stem"] == "cifar" and meta["image_shape"] == [32, 32, 3]
+  src = meta["converted_from"]
+  assert src["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+  assert src["path"] == str(path) and src["num_tensors"] == len(state)
+  assert (
+    src["format"]
+    == {
+      "bare": "pytorch-zip",
+      "dataparallel": "pytorch-zip",
+      "legacy": "pytorch-legacy",
+      "safetensors": "safetensors",
+    }[layout]
+  )
+  assert src["stripped_prefix"] == ("module." if layout == "dataparallel" else None)
+  assert src["container"] == {"dataparallel": "state_dict", "legacy": "model"}.get(layout)
+  assert meta["batch_norm"]["epsilon"] == 1e-5 and meta["batch_norm"]["flax_momentum"] == 0.9
+  x = np.random.default_rng(3).normal(size=(3, 3, 32, 32)).astype(np.float32)
+  with torch.no_grad():
+    expected = ref(torch.from_numpy(x)).numpy()
+  _close(_logits(teacher, x), expected, 1e-4, "logits")
+
+
+def _assert_nothing_written(out) -> None:
+  assert not checkpoint.teacher_exists(str(out))
+  assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_wrong_architecture_is_named_and_nothing_is_written(tmp_path, capsys):
+  path = tmp_path / "resnet.pth"
+  torch.save(_tiny_checkpoint().state_dict(), path)
+  out = tmp_path / "teachers" / "mobilenetv2_tiny"
+  assert convert.main(_convert_args(path, out, arch="mobilenetv2_tiny")) == 2
+  err = capsys.readouterr().err
+  assert "--arch resnet_tiny" in err  # the architecture the keys belong to
+  assert "unexpected keys in the checkpoint" in err and "layer1.0.conv1.weight" in err
+  assert "missing keys the model needs" in err and "features_0_0.weight" not in err
+  _assert_nothing_written(out)
+
+
+def test_wrong_class_count_is_named(tmp_path):
+  path = tmp_path / "c100.pth"
+  torch.save(_tiny_checkpoint(num_classes=100).state_dict(), path)
+  out = tmp_path / "t"
+  with pytest.raises(convert.ClassCountError, match="'fc' has 100 outputs.*10 classes"):
+    convert.convert(
+      arch="resnet_tiny", num_classes=10, torch_path=str(path), out=str(out), dataset="cifar10"
+    )
+  _assert_nothing_written(out)
+
+
+def test_missing_and_misshaped_keys_are_listed():
+  state = {k: v.numpy() for k, v in _tiny_checkpoint().state_dict().items()}
+  del state["layer2.0.bn1.running_var"]
+  state["bn1.weight"] = np.ones(3, np.float32)
+  model = models.create_model("resnet_tiny", 10)
+  with pytest.raises(convert.InputError) as e:
+    convert.torch_state_to_flax(state, checkpoint.abstract_variables(model, (8, 8, 3)))
+  msg = str(e.value)
+  assert "missing keys the model needs (1): layer2.0.bn1.running_var" in msg
+  assert "mis-shaped keys (1): bn1.weight (3,) (model needs (8,))" in msg
+
+
+def test_truncated_and_non_checkpoint_files_are_refused(tmp_path):
+  good = tmp_path / "good.pth"
+  torch.save(_tiny_checkpoint().state_dict(), good)
+  data = good.read_bytes()
+  cases = {
+    "truncated.pth": (data[: len(data) // 2], "truncated or damaged"),
+    "notes.txt": (b"these are not weights\n", "not a PyTorch or safetensors checkpoint"),
+    "empty.pth": (b"", "not a PyTorch or safetensors checkpoint"),
+    "tensor.pth": (None, "not a state_dict"),
+  }
+  for name, (content, message) in cases.items():
+    path = tmp_path / name
+    if content is None:
+      torch.save(torch.zeros(3), path)
+    else:
+      path.write_bytes(content)
+    out = tmp_path / f"out_{name}"
+    with pytest.raises(convert.InputError, match=message):
+      convert.convert(
+        arch="resnet_tiny", num_classes=10, torch_path=str(path), out=str(out), dataset="cifar10"
+      )
+    _assert_nothing_written(out)
+  with pytest.raises(convert.InputError, match="does not exist"):
+    convert.load_torch_state(str(tmp_path / "absent.pth"))
+
+
+class _RunsCode:
+  """Pickles as a call to os.system: what loading an untrusted pickle can do."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_that_would_run_code_is_refused_without_running_it(tmp_path):
+  marker = tmp_path / "code_ran"
+  path = tmp_path / "evil.pth"
+  state = {k: v for k, v in _tiny_checkpoint().state_dict().items()}
+  torch.save({"state_dict": state, "payload": _RunsCode(marker)}, path)
+  out = tmp_path / "t"
+  with pytest.raises(convert.InputError, match="would execute that code"):
+    convert.convert(
+      arch="resnet_tiny", num_classes=10, torch_path=str(path), out=str(out), dataset="cifar10"
+    )
+  assert not marker.exists()
+  _assert_nothing_written(out)
+
+
+def test_an_existing_teacher_is_never_replaced(tmp_path):
+  path = tmp_path / "a.pth"
+  torch.save(_tiny_checkpoint().state_dict(), path)
+  out = tmp_path / "t"
+  assert convert.main(_convert_args(path, out)) == 0
+  before = checkpoint.read_teacher_metadata(str(out))
+  torch.save(_tiny_checkpoint(seed=1).state_dict(), path)
+  with pytest.raises(convert.InputError, match="already exists"):
+    convert.convert(
+      arch="resnet_tiny", num_classes=10, torch_path=str(path), out=str(out), dataset="cifar10"
+    )
+  assert checkpoint.read_teacher_metadata(str(out)) == before
+
+
+def test_convnet_head_rows_are_permuted_from_chw_to_hwc():
+  """Only a (C, H, W) -> (H, W, C) permutation of fc's rows makes ConvNet's logits agree."""
+  torch.manual_seed(0)
+  ref = reference("convnet_tiny", 10, "cifar", image_size=16)
+  randomize_batch_norm(ref, torch.randn(8, 3, 16, 16))
+  x = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
+  with torch.no_grad():
+    expected = ref(torch.from_numpy(x)).numpy()
+  model = models.create_model("convnet_tiny", 10)
+  abstract = checkpoint.abstract_variables(model, (16, 16, 3))
+  state = {k: v.numpy() for k, v in ref.state_dict().items()}
+  shapes = convert.feature_map_shapes(model, (16, 16, 3))
+  assert shapes == {"fc": (4, 4, 8)}
+  apply = lambda v: np.asarray(model.apply(v, jnp.asarray(x.transpose(0, 2, 3, 1))))
+  permuted = convert.torch_state_to_flax(state, abstract, flatten_shapes=shapes)
+  _close(apply(permuted), expected, 1e-4, "logits")
+  unpermuted = apply(convert.torch_state_to_flax(state, abstract))
+  assert np.max(np.abs(unpermuted - expected)) > 1e-2 * np.max(np.abs(expected))
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_distill_uses_a_converted_teacher_like_a_squeezed_one(tmp_path, capsys):
+  """Convert a PyTorch ResNet (resnet_tiny: ResNet-18's code path) into the workdir's
+  teacher slot; distill loads it without training and its static labels are the PyTorch
+  module's own logits on the synthetic instances."""
+  from infer_jax import distill, export, squeeze, synthetic
+  from infer_jax.data import sources
+  from tests.test_squeeze import tiny_config
+
+  work = tmp_path / "work"
+  config = tiny_config(work, teachers="resnet_tiny", epochs=3)
+  config.recover.iterations = 10
+  config.recover.checkpoint_every = 10
+  config.recover.log_every = 0
+  config.student.epochs = 2
+  info = sources.load_from_config(config.data).info
+  ref = _tiny_checkpoint(seed=2)
+  path = tmp_path / "resnet_tiny.pth"
+  torch.save({"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}}, path)
+  teacher_dir = squeeze.teacher_dir(str(work), "resnet_tiny")
+  args = ["--dataset", info.name, "--image-size", str(info.image_shape[0])]
+  args += ["--mean", *map(str, info.mean), "--std", *map(str, info.std)]
+  args = _convert_args(path, teacher_dir)[:-2] + args
+  assert convert.main(args) == 0
+  capsys.readouterr()
+
+  summary = distill.distill(config)
+  out = capsys.readouterr().out
+  assert "source pytorch" in out and "not retraining" in out
+  assert not os.path.exists(os.path.join(teacher_dir, "train"))  # nothing was trained
+  assert summary["teachers"] == {"resnet_tiny": None} and summary["M"] == 1
+  s = synthetic.load(str(work / "synthetic" / "infer.npz"))
+  assert s.K == 9 and s.M == 1  # ipc 10, 10 classes, one teacher
+  instances, soft, _ = synthetic.materialize(s)
+  with torch.no_grad():
+    expected = ref(torch.from_numpy(instances.transpose(0, 3, 1, 2).copy())).numpy()
+  _close(soft, expected, 1e-4, "static labels vs the PyTorch teacher's logits")
+
+  # Hand back: the set as PyTorch tensors beside the PNG folder.
+  folder = tmp_path / "export"
+  assert export.main([str(work / "synthetic" / "infer.npz"), str(folder), "--torch"]) == 0
+  images = torch.load(folder / "images.pt", weights_only=True)
+  labels = torch.load(folder / "labels.pt", weights_only=True)
+  hard = torch.load(folder / "hard_labels.pt", weights_only=True)
+  n = s.K * (s.M + 1) * s.C
+  assert images.shape == (n, 3, 8, 8) and images.dtype == torch.float32
+  assert labels.shape == (n, 10) and hard.shape == (n,) and hard.dtype == torch.int64
+  assert np.all(np.diff(hard.numpy()) >= 0)  # grouped by class
+  rows = np.loadtxt(folder / "files.csv", delimiter=",", skiprows=1, usecols=2, dtype=int)
+  np.testing.assert_array_equal(images.numpy(), instances[rows].transpose(0, 3, 1, 2))
+  np.testing.assert_array_equal(labels.numpy(), soft[rows])
+  np.testing.assert_array_equal(np.load(folder / "labels.npy"), labels.numpy())
+  assert len(list(folder.glob("*/*.png"))) == n
+  with torch.no_grad():  # the exported tensors feed a PyTorch model as they are
+    np.testing.assert_allclose(ref(images).numpy(), expected[rows], rtol=1e-5, atol=1e-5)
