@@ -3,16 +3,20 @@
 The PyTorch modules are our own (tests/torch_refs, written to the torchvision and CIFAR
 layouts) with random weights and non-trivial BatchNorm statistics. Each is converted with
 ``infer_jax.convert`` and run in inference mode on the same random batch. Tolerances
-(float32 on CPU, both sides):
+(CPU):
 
-* logits: ``|jax - torch| <= 1e-4 * max|torch|`` (relative to the logit scale);
+* float32 logits: ``|jax - torch| <= 1e-4 * max|torch|`` (relative to the logit scale);
 * BN-input statistics (per-channel mean and biased variance of every BatchNorm input,
   captured with forward pre-hooks in PyTorch and ``bn_stats.capture_bn_statistics`` here),
   layer by layer: ``|jax - torch| <= 1e-4 * max|torch|``; the same layers run, and the same
   layer runs first;
 * the recover loss (mean CE + r_bn * BN matching, first layer weighted 10) of
   ``bn_stats.teacher_loss`` against the same loss written in PyTorch: relative 1e-4;
-* its gradient with respect to the input: ``||jax - torch|| <= 1e-3 * ||torch||``.
+* in float64 on both sides, ``bn_stats.teacher_loss`` and its gradient with respect to the
+  input: logits and loss to 1e-6 (the zoo's logits are float32),
+  ``||jax - torch|| <= 1e-6 * ||torch||`` for the gradient. Deep random networks make the
+  float32 gradient ill-conditioned (PyTorch's and ours each differ from the float64 one
+  by up to ~1%), so it is compared where rounding cannot hide a real difference.
 
 Tests skip where torch is not installed.
 """
@@ -28,6 +32,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from infer_jax import bn_stats, checkpoint, convert, models
@@ -137,43 +142,68 @@ def torch_recover_loss(ref, x_nchw: np.ndarray, labels: np.ndarray):
 
 
 @functools.cache
-def _jax_step(name: str, stem: str, num_classes: int, image_size: int, batch: int):
-  """One compiled function: BN statistics, and the recover loss with its input gradient."""
-  model = models.create_model(name, num_classes, stem=stem)
+def _jax_fns(name: str, stem: str, num_classes: int, image_size: int, batch: int):
+  """The two compiled checks of one architecture (each traces the network once).
+
+  Returns ``(forward32, loss_and_grad64)``:
+  ``forward32(variables, x, labels) -> (logits, BN-input statistics, loss)`` in float32, the
+  loss assembled from ``capture_bn_statistics`` and ``bn_matching_loss`` as recover does;
+  ``loss_and_grad64(...) -> (logits, loss, d loss / d x)`` of ``bn_stats.teacher_loss`` in
+  float64, to be called under ``jax.enable_x64``.
+  """
+  image_shape = (image_size, image_size, 3)
+  model32 = models.create_model(name, num_classes, stem=stem)
   first = bn_stats.bn_layer_order(
-    model,
-    checkpoint.abstract_variables(model, (image_size, image_size, 3)),
-    (batch, image_size, image_size, 3),
+    model32, checkpoint.abstract_variables(model32, image_shape), (batch, *image_shape)
   )[0]
 
-  def step(variables, x, labels):
-    logits, stats = bn_stats.capture_bn_statistics(model, variables, x)
+  def forward32(variables, x, labels):
+    logits, stats = bn_stats.capture_bn_statistics(model32, variables, x)
+    ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+    bn = bn_stats.bn_matching_loss(
+      stats, variables["batch_stats"], first_layer=first, first_multiplier=FIRST_MULTIPLIER
+    )
+    return logits, stats, ce + R_BN * bn
+
+  model64 = models.create_model(name, num_classes, stem=stem, dtype=jnp.float64)
+
+  def loss_and_grad64(variables, x, labels):
     loss_fn = functools.partial(
       bn_stats.teacher_loss,
-      model,
+      model64,
       variables,
       labels=labels,
       r_bn=R_BN,
       first_layer=first,
       first_multiplier=FIRST_MULTIPLIER,
     )
-    (loss, _), grad = jax.value_and_grad(loss_fn, has_aux=True)(x)
-    return logits, stats, loss, grad
+    (loss, aux), dx = jax.value_and_grad(loss_fn, has_aux=True)(x)
+    return aux["logits"], loss, dx
 
-  return jax.jit(step), first
+  return jax.jit(forward32), jax.jit(loss_and_grad64), first
 
 
 def _close(actual, expected, rel: float, what: str) -> None:
   """``|actual - expected| <= rel * max|expected|`` elementwise."""
   actual, expected = np.asarray(actual), np.asarray(expected)
   assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
-  scale = max(float(np.max(np.abs(expected))), 1e-12)
+  scale = max(float(np.max(np.abs(expected))), 1e-30)
   err = float(np.max(np.abs(actual - expected)))
   assert err <= rel * scale, f"{what}: max error {err:.3g} > {rel} * {scale:.3g}"
 
 
-def check_parity(name: str, stem: str, *, num_classes: int = 10, image_size: int = 32, seed=0):
-  """Converts the reference and checks logits, BN statistics, loss and input gradient."""
+def check_parity(
+  name: str, stem: str, *, num_classes: int = 10, image_size: int = 32, grad: bool = True, seed=0
+):
+  """Converts the reference and checks logits, BN statistics, loss and input gradient.
+
+  float32 (the pipeline's precision): logits, statistics and loss to 1e-4. float64 on both
+  sides: logits and loss of ``bn_stats.teacher_loss`` and its input gradient to 1e-6. The
+  gradient is checked in float64 because deep random networks make it ill-conditioned in
+  float32: PyTorch's and our float32 gradients each differ from the float64 one by up to
+  ~1% (ResNet-101, ShuffleNet v1, the CIFAR MobileNetV2), noise that would hide a real
+  difference.
+  """
   torch.manual_seed(seed)
   ref = reference(name, num_classes, stem, image_size)
   rng = np.random.default_rng(seed)
@@ -182,12 +212,6 @@ def check_parity(name: str, stem: str, *, num_classes: int = 10, image_size: int
   randomize_batch_norm(ref, torch.from_numpy(rng.normal(size=(8, *shape[1:])).astype(np.float32)))
   x = rng.normal(size=shape).astype(np.float32)
   labels = rng.integers(0, num_classes, size=batch)
-  t_logits, t_stats, t_first, t_loss, t_grad = torch_recover_loss(ref, x, labels)
-  # The gradient of a deep random network is ill-conditioned in float32 (PyTorch's own
-  # float32 gradient is up to ~0.6% from its float64 one), so the gradient is compared
-  # with the float64 gradient of the same PyTorch module.
-  g64 = torch_recover_loss(copy.deepcopy(ref).double(), x.astype(np.float64), labels)[-1]
-  torch_err = np.linalg.norm(t_grad - g64) / np.linalg.norm(g64)
 
   model = models.create_model(name, num_classes, stem=stem)
   state = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
@@ -197,12 +221,13 @@ def check_parity(name: str, stem: str, *, num_classes: int = 10, image_size: int
     checkpoint.abstract_variables(model, image_shape),
     flatten_shapes=convert.feature_map_shapes(model, image_shape),
   )
-  step, first = _jax_step(name, stem, num_classes, image_size, batch)
-  with jax.default_matmul_precision("highest"):
-    logits, stats, loss, grad = step(
-      variables, jnp.asarray(x.transpose(0, 2, 3, 1)), jnp.asarray(labels)
-    )
+  x_nhwc = x.transpose(0, 2, 3, 1)
+  forward32, loss_and_grad64, first = _jax_fns(name, stem, num_classes, image_size, batch)
 
+  # float32: logits, every BN layer's input statistics, the loss.
+  t_logits, t_stats, t_first, t_loss, _ = torch_recover_loss(ref, x, labels)
+  with jax.default_matmul_precision("highest"):
+    logits, stats, loss = forward32(variables, jnp.asarray(x_nhwc), jnp.asarray(labels))
   _close(logits, t_logits, 1e-4, "logits")
   flat = _flat_stats(stats)
   assert set(flat) == {k.replace(".", "_") for k in t_stats}, "different BN layers ran"
@@ -212,14 +237,24 @@ def check_parity(name: str, stem: str, *, num_classes: int = 10, image_size: int
     _close(mean, t_mean, 1e-4, f"BN input mean of {key}")
     _close(var, t_var, 1e-4, f"BN input var of {key}")
   np.testing.assert_allclose(float(loss), t_loss, rtol=1e-4)
-  grad_nchw = np.asarray(grad).transpose(0, 3, 1, 2)
-  assert np.linalg.norm(g64) > 0
-  rel = np.linalg.norm(grad_nchw - g64) / np.linalg.norm(g64)
-  assert rel <= max(1e-3, 2 * torch_err), (
-    f"input gradient: relative error {rel:.3g} from PyTorch's float64 gradient, where "
-    f"PyTorch's float32 gradient has {torch_err:.3g}"
+
+  if not grad:
+    return
+  # float64: the recover loss and its gradient with respect to the input.
+  t_logits, _, _, t_loss, t_grad = torch_recover_loss(
+    copy.deepcopy(ref).double(), x.astype(np.float64), labels
   )
-  return {"loss": t_loss, "grad_rel_err": float(rel), "torch_f32_err": float(torch_err)}
+  with jax.enable_x64(True):
+    v64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
+    x64 = jnp.asarray(x_nhwc, jnp.float64)
+    logits, loss, grad = jax.device_get(loss_and_grad64(v64, x64, jnp.asarray(labels)))
+  # The zoo returns float32 logits whatever the compute dtype: CE is float32-exact there.
+  _close(logits, t_logits, 1e-6, "float64 logits")
+  np.testing.assert_allclose(float(loss), t_loss, rtol=1e-6)
+  grad = np.asarray(grad).transpose(0, 3, 1, 2)
+  assert np.linalg.norm(t_grad) > 0
+  rel = np.linalg.norm(grad - t_grad) / np.linalg.norm(t_grad)
+  assert rel <= 1e-6, f"input gradient: relative error {rel:.3g}"
 
 
 def _flat_stats(stats) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -245,23 +280,59 @@ def test_full_width_state_dict_converts_to_the_zoo_model(name, stem):
   chex.assert_trees_all_equal_shapes(variables, abstract)
 
 
-# Numerical parity (logits, BN statistics, loss, input gradient) at full width. ResNet-34
-# and ResNet-101 are ResNet-18's and ResNet-50's blocks repeated more often: their logits
-# are checked below, their full key sets and shapes above.
+# Numerical parity at full width, one test per architecture and layout (the CIFAR stems at
+# 16x16, which runs every layer at a quarter of the cost): float32 logits, BN statistics and
+# loss everywhere; the float64 loss and input gradient, whose backward pass is the costly
+# compile, on ResNet-18 and ResNet-50 here and on the test-sized variants of the other
+# families below (the same block code at a fraction of the depth). Layouts left out here
+# differ from one that is in only in what the logits tests below and the key/shape test
+# above check: ResNet-34/101 repeat ResNet-18's and ResNet-50's blocks, ResNet-18's
+# ImageNet stem is ResNet-50's, the CIFAR ShuffleNetV2 drops the ImageNet stem's stride
+# and max-pool.
 PARITY = [
-  c for c in COVERED if c[0] not in ("resnet34", "resnet101") and c != ("resnet50", "cifar")
+  ("resnet18", "cifar"),
+  ("resnet50", "imagenet"),
+  ("mobilenetv2", "cifar"),
+  ("mobilenetv2", "imagenet"),
+  ("efficientnet_b0", "cifar"),
+  ("efficientnet_b0", "imagenet"),
+  ("shufflenet_g2", "cifar"),
+  ("shufflenetv2", "imagenet"),
+  ("convnet", "cifar"),
+]
+FULL_WIDTH_GRADIENT = {"resnet18", "resnet50", "convnet"}
+# One per family, on the layouts with the most distinct operations (ReLU6, SE and SiLU,
+# grouped convolutions and the v1 shuffle unit, split/concat units and max-pooling).
+TINY_GRADIENT = [
+  ("mobilenetv2_tiny", "cifar"),
+  ("efficientnet_tiny", "imagenet"),
+  ("shufflenet_g2_tiny", "cifar"),
+  ("shufflenetv2_tiny", "imagenet"),
 ]
 
 
 @pytest.mark.parametrize("name,stem", PARITY)
 def test_converted_reference_matches_in_logits_bn_statistics_loss_and_gradient(name, stem):
-  check_parity(name, stem)
+  size = 16 if stem == "cifar" else 32
+  check_parity(name, stem, image_size=size, grad=name in FULL_WIDTH_GRADIENT)
+
+
+@pytest.mark.parametrize("name,stem", TINY_GRADIENT)
+def test_test_sized_variants_match_in_loss_and_gradient(name, stem):
+  check_parity(name, stem, image_size=16)
 
 
 @pytest.mark.parametrize(
-  "name,stem", [("resnet34", "imagenet"), ("resnet50", "cifar"), ("resnet101", "cifar")]
+  "name,stem",
+  [
+    ("resnet18", "imagenet"),
+    ("resnet34", "imagenet"),
+    ("resnet50", "cifar"),
+    ("resnet101", "cifar"),
+    ("shufflenetv2", "cifar"),
+  ],
 )
-def test_deep_resnets_give_the_same_logits(name, stem):
+def test_other_layouts_give_the_same_logits(name, stem):
   torch.manual_seed(1)
   ref = reference(name, 10, stem)
   rng = np.random.default_rng(1)
