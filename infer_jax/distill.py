@@ -463,7 +463,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
   print(
     f"\n{summary['dataset']['name']}, ipc {summary['ipc']} (K={summary['K']}, "
     f"M={summary['M']}), student {summary['student']['arch']}; teachers: "
-    + ", ".join(f"{t['architecture']} {100 * t['test_top1']:.1f}%" for t in summary["teachers"])
+    + ", ".join(
+      f"{t['architecture']} {squeeze.accuracy_text(t['test_top1'])}" for t in summary["teachers"]
+    )
   )
   print(
     f"  {'method':<22} {'labels':<8} {'top-1 % (final, mean ± std)':>28} {'stored bytes':>13} "

@@ -48,6 +48,11 @@ def expected_teacher(
   }
 
 
+def accuracy_text(accuracy: float | None) -> str:
+  """'93.12%', or 'unknown' for a teacher whose accuracy was not measured (a converted one)."""
+  return "unknown" if accuracy is None else f"{100 * accuracy:.2f}%"
+
+
 def _round_up(n: int, multiple: int) -> int:
   # Evaluation batches are padded and masked, so their size is free: make it shardable.
   return -(-n // multiple) * multiple
@@ -209,8 +214,8 @@ def squeeze(
       meta = checkpoint.read_teacher_metadata(directory)
       checkpoint.check_teacher_metadata(meta, identity, directory)
       print(
-        f"[{name}] found a finished teacher in {directory} (test top-1 "
-        f"{100 * meta['test_accuracy']:.2f}%): not retraining",
+        f"[{name}] found a finished teacher in {directory} (source {meta.get('source')}, "
+        f"test top-1 {accuracy_text(meta.get('test_accuracy'))}): not retraining",
         flush=True,
       )
       results[name] = meta
@@ -228,7 +233,7 @@ def _print_table(results: dict[str, dict[str, Any]], info: sources.DatasetInfo) 
   for name, meta in results.items():
     seconds = meta.get("train_seconds")
     print(
-      f"  {name:<20} {meta['width']:>6.3g} {100 * meta['test_accuracy']:>10.2f}% "
+      f"  {name:<20} {meta['width']:>6.3g} {accuracy_text(meta.get('test_accuracy')):>11} "
       f"{train.format_duration(seconds) if seconds is not None else '-':>11}"
     )
 

@@ -36,7 +36,7 @@ import os
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ml_dtypes
@@ -665,7 +665,11 @@ def _npy_bytes(a: np.ndarray) -> bytes:
   return buf.getvalue()
 
 
-def export_png(s: SyntheticSet, directory: str) -> dict[str, Any]:
+def export_png(
+  s: SyntheticSet,
+  directory: str,
+  extra: Callable[[str, np.ndarray], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
   """Writes the materialised instances as a lossless PNG image folder.
 
   Layout (an ImageFolder: class folders, then images)::
@@ -684,6 +688,14 @@ def export_png(s: SyntheticSet, directory: str) -> dict[str, Any]:
 
   The folder is written beside ``directory`` as ``directory.tmp-XXXX`` and renamed into
   place, so ``directory`` is either absent/empty or complete.
+
+  Args:
+    s: the set.
+    directory: the folder to create.
+    extra: optional writer of more files into the same folder (e.g. PyTorch tensors),
+      called as ``extra(folder, order)`` with the temporary folder and ``order [N]``, the
+      instance index (:func:`materialize` order) of each row; it returns entries added to
+      the ``export`` record. Its files are committed together with the PNGs.
 
   Returns:
     The ``export`` record written to metadata.json.
@@ -745,6 +757,8 @@ def export_png(s: SyntheticSet, directory: str) -> dict[str, Any]:
       "files": "files.csv",
       "storage_bytes": storage_bytes(s),
     }
+    if extra is not None:
+      export.update(extra(tmp, order))
     record = {"synthetic_set": normalize_metadata(s.metadata), "export": export}
     _write_bytes(os.path.join(tmp, "metadata.json"), json.dumps(record, indent=2).encode("utf-8"))
     _fsync_dir(tmp)

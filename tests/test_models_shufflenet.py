@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from infer_jax import convert
 from infer_jax.models import create_model
 from infer_jax.models.shufflenet import avg_pool_3x3_s2, channel_shuffle
 
@@ -74,36 +75,6 @@ def test_param_count_matches_live_torch_reference(name, stem, num_classes, side,
   assert refs.count_params(ref) == expected
 
 
-def _torch_to_flax(state_dict) -> dict:
-  """PyTorch state dict -> Flax variables, by renaming ('layer1.0.conv1' -> layer1_0/conv1)."""
-  flat = {}
-  for key, value in state_dict.items():
-    if key.endswith("num_batches_tracked"):
-      continue
-    *mods, leaf = key.split(".")
-    path = []
-    for m in mods:  # a Sequential index joins its parent's name
-      if m.isdigit():
-        path[-1] += "_" + m
-      else:
-        path.append(m)
-    a = value.detach().numpy()
-    if leaf == "weight" and a.ndim == 4:  # [O, I/g, kh, kw] -> [kh, kw, I/g, O]
-      flat[("params", *path, "kernel")] = a.transpose(2, 3, 1, 0)
-    elif leaf == "weight" and a.ndim == 2:
-      flat[("params", *path, "kernel")] = a.T
-    elif leaf == "weight":
-      flat[("params", *path, "scale")] = a
-    elif leaf == "bias":
-      flat[("params", *path, "bias")] = a
-    elif leaf == "running_mean":
-      flat[("batch_stats", *path, "mean")] = a
-    else:
-      assert leaf == "running_var", key
-      flat[("batch_stats", *path, "var")] = a
-  return traverse_util.unflatten_dict(flat)
-
-
 @pytest.mark.parametrize(
   ("name", "stem", "side"),
   [
@@ -133,11 +104,11 @@ def test_logits_match_torch_reference(name, stem, side):
   with torch.no_grad():
     expected = ref(x).numpy()
   model = create_model(name, 5, stem=stem)
-  variables = _torch_to_flax(ref.state_dict())
   x_nhwc = jnp.asarray(x.numpy().transpose(0, 2, 3, 1))
-  chex.assert_trees_all_equal_shapes(
-    variables, jax.eval_shape(model.init, jax.random.key(0), x_nhwc)
-  )
+  abstract = jax.eval_shape(model.init, jax.random.key(0), x_nhwc)
+  state = {k: v.numpy() for k, v in ref.state_dict().items()}
+  variables = convert.torch_state_to_flax(state, abstract)  # every key must fit
+  chex.assert_trees_all_equal_shapes(variables, abstract)
   with jax.default_matmul_precision("highest"):
     logits = jax.jit(model.apply)(variables, x_nhwc)
   np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-5, rtol=1e-4)

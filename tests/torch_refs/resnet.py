@@ -155,6 +155,7 @@ class ConvNet(nn.Module):
 
 
 ARCHS = {
+  "resnet_tiny": (BasicBlock, [1, 1]),  # base width 8: the Flax test-sized ResNet
   "resnet18": (BasicBlock, [2, 2, 2, 2]),
   "resnet34": (BasicBlock, [3, 4, 6, 3]),
   "resnet50": (Bottleneck, [3, 4, 6, 3]),
@@ -162,12 +163,15 @@ ARCHS = {
 }
 
 
-def build(name: str, num_classes: int, stem: str = "cifar") -> nn.Module:
-  """Reference model by registry name ('resnet18' ... 'resnet101', 'convnet')."""
+def build(name: str, num_classes: int, stem: str = "cifar", image_size: int = 32) -> nn.Module:
+  """Reference model by registry name ('resnet18' ... 'resnet101', 'resnet_tiny',
+  'convnet', 'convnet_tiny'); ``image_size`` sizes ConvNet's head."""
   if name == "convnet":
-    return ConvNet(num_classes)
+    return ConvNet(num_classes, image_size=image_size)
+  if name == "convnet_tiny":
+    return ConvNet(num_classes, depth=2, net_width=8, image_size=image_size)
   block, stages = ARCHS[name]
-  return ResNet(block, stages, num_classes, stem)
+  return ResNet(block, stages, num_classes, stem, base_width=8 if name == "resnet_tiny" else 64)
 
 
 def count_params(model: nn.Module) -> int:
@@ -176,7 +180,7 @@ def count_params(model: nn.Module) -> int:
 
 
 if __name__ == "__main__":
-  for arch in ARCHS:
+  for arch in [a for a in ARCHS if not a.endswith("_tiny")]:
     for stem, classes in (("imagenet", 1000), ("cifar", 10), ("cifar", 100)):
       print(f"{arch:10s} {stem:9s} {classes:5d} {count_params(build(arch, classes, stem)):,}")
   print(f"{'convnet':10s} {'32x32':9s} {10:5d} {count_params(build('convnet', 10)):,}")
