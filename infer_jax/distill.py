@@ -386,7 +386,10 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "architecture": t.metadata["architecture"],
         "width": t.metadata.get("width"),
         "test_top1": t.metadata["test_accuracy"],
-        "epochs": t.metadata.get("epochs"),
+        # Squeeze records its recipe and wall time; a converted teacher has neither.
+        "epochs": t.metadata.get("recipe", {}).get("epochs"),
+        "train_seconds": t.metadata.get("train_seconds"),
+        "source": t.metadata.get("source"),
       }
       for t in teachers
     ],

@@ -136,10 +136,16 @@ def setting_markdown(summary: dict[str, Any], figures: dict[str, str]) -> str:
   )
   if not summary.get("complete", True):
     out += ["", "**Incomplete: the run that wrote this file had not finished all rows.**"]
-  out += ["", "| teacher | width | epochs | test top-1 % |", "|---|---|---|---|"]
+  out += [
+    "",
+    "| teacher | width | epochs | training time | test top-1 % |",
+    "|---|---|---|---|---|",
+  ]
   for t in summary["teachers"]:
+    seconds = t.get("train_seconds")
     out.append(
-      f"| {t['architecture']} | {t.get('width')} | {t.get('epochs')} | {_pct(t['test_top1'])} |"
+      f"| {t['architecture']} | {t.get('width')} | {t.get('epochs') or '–'} "
+      f"| {'–' if seconds is None else _seconds(seconds)} | {_pct(t['test_top1'])} |"
     )
   out += [
     "",
