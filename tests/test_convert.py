@@ -351,10 +351,10 @@ def test_other_layouts_give_the_same_logits(name, stem):
 # --------------------------------------------------------------------------- files, CLI
 
 
-def _tiny_checkpoint(num_classes: int = 10, seed: int = 0):
-  """A resnet_tiny reference (CIFAR stem) with non-trivial BN statistics."""
+def _tiny_checkpoint(num_classes: int = 10, seed: int = 0, arch: str = "resnet_tiny"):
+  """A reference of ``arch`` (CIFAR stem) with non-trivial BN statistics."""
   torch.manual_seed(seed)
-  ref = reference("resnet_tiny", num_classes, "cifar")
+  ref = reference(arch, num_classes, "cifar")
   rng = np.random.default_rng(seed)
   randomize_batch_norm(ref, torch.from_numpy(rng.normal(size=(8, 3, 8, 8)).astype(np.float32)))
   return ref
@@ -555,27 +555,28 @@ def test_convnet_head_rows_are_permuted_from_chw_to_hwc():
 
 @pytest.mark.slow
 def test_distill_uses_a_converted_teacher_like_a_squeezed_one(tmp_path, capsys):
-  """Convert a PyTorch ResNet (resnet_tiny: ResNet-18's code path) into the workdir's
-  teacher slot; distill loads it without training and its static labels are the PyTorch
-  module's own logits on the synthetic instances."""
+  """Convert a full-width PyTorch ResNet-18 (torchvision layout, CIFAR stem, saved from
+  nn.DataParallel under ``state_dict``) into the workdir's teacher slot; distill loads it
+  without training, runs the whole comparison on it, and its static labels are the
+  PyTorch module's own logits on the synthetic instances."""
   from infer_jax import distill, export, squeeze, synthetic
   from infer_jax.data import sources
   from tests.test_squeeze import tiny_config
 
   work = tmp_path / "work"
-  config = tiny_config(work, teachers="resnet_tiny", epochs=3)
+  config = tiny_config(work, teachers="resnet18", epochs=3)
   config.recover.iterations = 10
   config.recover.checkpoint_every = 10
   config.recover.log_every = 0
   config.student.epochs = 2
   info = sources.load_from_config(config.data).info
-  ref = _tiny_checkpoint(seed=2)
-  path = tmp_path / "resnet_tiny.pth"
+  ref = _tiny_checkpoint(seed=2, arch="resnet18")
+  path = tmp_path / "resnet18.pth"
   torch.save({"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}}, path)
-  teacher_dir = squeeze.teacher_dir(str(work), "resnet_tiny")
+  teacher_dir = squeeze.teacher_dir(str(work), "resnet18")
   args = ["--dataset", info.name, "--image-size", str(info.image_shape[0])]
   args += ["--mean", *map(str, info.mean), "--std", *map(str, info.std)]
-  args = _convert_args(path, teacher_dir)[:-2] + args
+  args = _convert_args(path, teacher_dir, arch="resnet18")[:-2] + args
   assert convert.main(args) == 0
   capsys.readouterr()
 
@@ -583,7 +584,10 @@ def test_distill_uses_a_converted_teacher_like_a_squeezed_one(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "source pytorch" in out and "not retraining" in out
   assert not os.path.exists(os.path.join(teacher_dir, "train"))  # nothing was trained
-  assert summary["teachers"] == {"resnet_tiny": None} and summary["M"] == 1
+  (teacher,) = summary["teachers"]
+  assert teacher["architecture"] == "resnet18" and teacher["source"] == "pytorch"
+  assert teacher["test_top1"] is None and teacher["epochs"] is None and summary["M"] == 1
+  assert [r["key"] for r in summary["rows"]] == config.methods.split(",")
   s = synthetic.load(str(work / "synthetic" / "infer.npz"))
   assert s.K == 9 and s.M == 1  # ipc 10, 10 classes, one teacher
   instances, soft, _ = synthetic.materialize(s)
