@@ -74,14 +74,31 @@ def title(summary: dict[str, Any]) -> str:
   return f"{summary['dataset']['name']}, ipc {summary['ipc']}"
 
 
+def chance(summary: dict[str, Any]) -> float:
+  """Top-1 of guessing uniformly: ``1 / num_classes`` (a fraction)."""
+  return 1.0 / summary["dataset"]["num_classes"]
+
+
+def near_chance(row: dict[str, Any], summary: dict[str, Any]) -> bool:
+  """Whether a row's mean top-1 is below twice chance: the student has learnt next to
+  nothing, so its differences from other such rows rank nothing."""
+  return row["final_top1_mean"] < 2 * chance(summary)
+
+
 def comparisons(summary: dict[str, Any]) -> list[str]:
   """Plain statements of INFER against each baseline present.
 
   A difference is called a win or a loss only when it exceeds the larger of the two sample
-  standard deviations; otherwise the two are "within noise".
+  standard deviations; otherwise the two are "within noise". Two rows that are both near
+  chance (below twice ``1 / num_classes``) are never ranked.
   """
   rows = {r["key"]: r for r in summary["rows"]}
   lines = []
+  if rows and all(near_chance(r, summary) for r in rows.values()):
+    lines.append(
+      f"**Every method is near chance here** (chance is {_pct(chance(summary))}%): at this "
+      "budget no student learnt enough for these rows to rank the methods."
+    )
   for key in ("infer", "infer_dyn"):
     if key not in rows:
       continue
@@ -92,14 +109,16 @@ def comparisons(summary: dict[str, Any]) -> list[str]:
       other = rows[other_key]
       diff = ours["final_top1_mean"] - other["final_top1_mean"]
       noise = max(ours["final_top1_std"], other["final_top1_std"])
-      if abs(diff) <= noise:
-        verdict = "within noise of"
+      if near_chance(ours, summary) and near_chance(other, summary):
+        verdict = f"{ours['method']} and {other['method']} are both near chance (not ranked)"
+      elif abs(diff) <= noise:
+        verdict = f"{ours['method']} within noise of {other['method']}"
       elif diff > 0:
-        verdict = "beats"
+        verdict = f"{ours['method']} beats {other['method']}"
       else:
-        verdict = "**loses to**"
+        verdict = f"{ours['method']} **loses to** {other['method']}"
       lines.append(
-        f"{ours['method']} {verdict} {other['method']}: {_top1(ours)} vs {_top1(other)} "
+        f"{verdict}: {_top1(ours)} vs {_top1(other)} "
         f"({100 * diff:+.2f} points; stored bytes {ours['bytes']['total']:,} vs "
         f"{other['bytes']['total']:,})."
       )

@@ -269,6 +269,20 @@ def test_report_is_generated_from_results_files(tmp_path, small_set):
   assert "figures/accuracy_vs_compression.png" in text
 
 
+def test_report_does_not_rank_rows_near_chance(tmp_path):
+  """With 10 classes chance is 10%: rows below 20% are near chance and never ranked."""
+  rows = [
+    _row("random", "Random", "static", [0.10, 0.11, 0.12], 3000),
+    _row("infer", "INFER", "static", [0.15, 0.16, 0.17], 5000),
+  ]
+  lines = report.comparisons(_summary(tmp_path, 10, rows))
+  assert lines[0].startswith("**Every method is near chance here** (chance is 10.00%)")
+  assert lines[1].startswith("INFER and Random are both near chance (not ranked): 16.00 ± 1.00")
+  rows[1] = _row("infer", "INFER", "static", [0.30, 0.31, 0.32], 5000)
+  lines = report.comparisons(_summary(tmp_path, 10, rows))
+  assert lines == [lines[0]] and lines[0].startswith("INFER beats Random: 31.00 ± 1.00")
+
+
 def test_report_refuses_files_that_are_not_summaries(tmp_path):
   bad = tmp_path / "x.json"
   bad.write_text(json.dumps({"rows": []}))
