@@ -208,6 +208,7 @@ def plot_accuracy_vs_ratio(results: list[dict[str, Any]], path: str) -> None:
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # noqa: PLC0415
+  import matplotlib.ticker  # noqa: PLC0415
 
   fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 3.6), squeeze=False)
   markers = dict(
@@ -230,6 +231,17 @@ def plot_accuracy_vs_ratio(results: list[dict[str, Any]], path: str) -> None:
         label=r["method"],
       )
     ax.set_xscale("log")
+    # Minor-tick labels of a narrow log range overprint one another; keep the major ones.
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.axhline(100 * chance(summary), color="grey", linestyle=":", linewidth=1)
+    ax.annotate(
+      "chance",
+      (0.01, 100 * chance(summary)),
+      xycoords=("axes fraction", "data"),
+      fontsize=7,
+      color="grey",
+      va="bottom",
+    )
     ax.set_xlabel("compression ratio (stored bytes / training set bytes)")
     ax.set_ylabel("top-1 % (final epoch)")
     ax.set_title(title(summary), fontsize=10)
