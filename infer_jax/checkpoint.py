@@ -348,6 +348,7 @@ def remove_training_checkpoints(directory: str) -> None:
   if not teacher_exists(directory):
     raise RuntimeError("Refusing to delete training checkpoints of an unfinished teacher.")
   # One process deletes (a shared directory); the others wait so none sees half of it.
-  if distributed.is_primary():
-    shutil.rmtree(os.path.join(os.path.abspath(directory), "train"), ignore_errors=True)
-  distributed.barrier("remove_training_checkpoints")
+  distributed.on_primary(
+    "remove_training_checkpoints",
+    lambda: shutil.rmtree(os.path.join(os.path.abspath(directory), "train"), ignore_errors=True),
+  )

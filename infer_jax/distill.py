@@ -162,10 +162,12 @@ def build_infer_set(
 
 def _save(path: str, s: synthetic.SyntheticSet) -> synthetic.SyntheticSet:
   """Saves ``s`` (every process holds the same set; the primary one writes it)."""
-  if distributed.is_primary():
+
+  def write() -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     synthetic.save(path, s)
-  distributed.barrier(f"save {os.path.basename(path)}")
+
+  distributed.on_primary(f"save {os.path.basename(path)}", write)
   return s
 
 
@@ -457,9 +459,7 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def _write_summary(path: str, summary: dict[str, Any]) -> None:
   """Process 0 writes the summary (atomically); the others wait for it."""
-  if distributed.is_primary():
-    checkpoint.write_json_atomic(path, summary)
-  distributed.barrier("summary.json")
+  distributed.on_primary("summary.json", lambda: checkpoint.write_json_atomic(path, summary))
 
 
 def _print_summary(summary: dict[str, Any]) -> None:

@@ -16,8 +16,8 @@ Afterwards all processes run the same program on global arrays (SPMD): the subse
 recover and the batches of teacher and student training are sharded over all devices of
 all hosts. Orbax checkpoints are saved and restored by every process (Orbax coordinates
 them: each process writes its own shards, process 0 the metadata). Our own plain files
-(JSON, npz) are written by process 0 alone (:func:`is_primary`), followed by a
-:func:`barrier` so that no process reads them early.
+(JSON, npz) are written by process 0 alone, followed by a barrier so that no process
+reads them early (:func:`on_primary`).
 
 Failures a cluster user can act on are :class:`InputError`: a coordinator that cannot be
 reached (probed over TCP before JAX would abort the process), batch sizes that the device
@@ -32,6 +32,7 @@ import os
 import socket
 import time
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -249,6 +250,17 @@ def barrier(name: str) -> None:
     from jax.experimental import multihost_utils
 
     multihost_utils.sync_global_devices(name)
+
+
+def on_primary(name: str, write: Callable[[], Any]) -> None:
+  """Runs ``write()`` on process 0 only, then waits for every process at barrier ``name``.
+
+  For shared plain files (JSON, npz, deletions): every process holds the same content, one
+  writes it, and none goes on before it is complete.
+  """
+  if is_primary():
+    write()
+  barrier(name)
 
 
 def to_host(x: jax.Array) -> np.ndarray:

@@ -267,10 +267,12 @@ def main(config: ml_collections.ConfigDict) -> None:
     "evaluate",
     f"{os.path.splitext(os.path.basename(path))[0]}-{labels}.json",
   )
-  if distributed.is_primary():  # every process has the same result; one writes it
+
+  def write() -> None:  # every process has the same result; one writes it
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     checkpoint.write_json_atomic(out_path, out)
-  distributed.barrier("evaluate json")
+
+  distributed.on_primary("evaluate json", write)
   print(
     f"[evaluate] {os.path.basename(path)} ({labels} labels): final-epoch top-1 "
     f"{format_top1(result)}% over seeds {result['seeds']}; wrote {out_path}",

@@ -251,9 +251,7 @@ def main(config: ml_collections.ConfigDict) -> None:
   # The workdir may not exist yet when the teachers live elsewhere (config.teachers_dir).
   os.makedirs(config_lib.workdir(config), exist_ok=True)
   path = os.path.join(config_lib.workdir(config), "teachers.json")
-  if distributed.is_primary():  # a shared file: one writer
-    checkpoint.write_json_atomic(path, results)
-  distributed.barrier("teachers.json")
+  distributed.on_primary("teachers.json", lambda: checkpoint.write_json_atomic(path, results))
 
 
 if __name__ == "__main__":
