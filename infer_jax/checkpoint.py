@@ -26,10 +26,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 
-from infer_jax import distributed, models
+from infer_jax import distributed, models, train
 from infer_jax.errors import InputError
 
 PyTree = Any
@@ -322,9 +321,7 @@ def load_teacher(
   # Replicated over every device of every process: each process then holds the whole
   # teacher, as the recover, relabel and evaluation steps need (and a multi-host restore
   # needs a sharding for every array).
-  replicated = jax.sharding.NamedSharding(
-    jax.sharding.Mesh(np.asarray(jax.devices()), ("data",)), jax.sharding.PartitionSpec()
-  )
+  replicated = train.replicated(train.data_mesh())
   target = jax.tree.map(
     lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
     abstract_variables(model, meta["image_shape"]),
