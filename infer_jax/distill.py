@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from typing import Any
@@ -375,7 +374,7 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
   scfg = evaluate.student_config(config, info)
   # Every static/hard row trains for the steps of the INFER set at the configured epochs
   # (PROTOCOL.md: same number of optimisation steps); +Dyn for 1/(M+1) of them.
-  steps = scfg.epochs * max(1, infer_set.num_instances // scfg.batch_size)
+  steps = scfg.epochs * evaluate.steps_per_epoch(infer_set.num_instances, scfg.batch_size)
   old_rows = {r["key"]: r for r in previous.get("rows", []) if "key" in r}
   rows = []
   summary = {
@@ -409,7 +408,7 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
     name, set_name, labels = METHODS[key]
     s = get_set(set_name)
     if labels == "dynamic":
-      epochs = max(1, math.ceil(scfg.epochs / (m + 1)))
+      epochs = evaluate.dynamic_epochs(scfg.epochs, m)
     else:
       epochs = evaluate.epochs_for_steps(steps, s.num_instances, scfg.batch_size)
     row_cfg = dataclasses.replace(scfg, epochs=epochs)

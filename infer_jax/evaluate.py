@@ -116,14 +116,24 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
   return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
+def steps_per_epoch(num_instances: int, batch_size: int) -> int:
+  """Optimisation steps in one epoch over ``num_instances`` (one when the set is smaller
+  than a batch: the student then trains on all of it at once)."""
+  return max(1, num_instances // batch_size)
+
+
 def epochs_for_steps(steps: int, num_instances: int, batch_size: int) -> int:
   """Epochs over a set of ``num_instances`` that give (about) ``steps`` optimisation steps.
 
   Used so that every method of a comparison trains for the same number of steps whatever the
-  size of its set (PROTOCOL.md). One step per epoch when the set is smaller than a batch.
+  size of its set (PROTOCOL.md).
   """
-  per_epoch = max(1, num_instances // batch_size)
-  return max(1, round(steps / per_epoch))
+  return max(1, round(steps / steps_per_epoch(num_instances, batch_size)))
+
+
+def dynamic_epochs(epochs: int, num_teachers: int) -> int:
+  """INFER+Dyn's epochs: ``epochs / (M + 1)`` rounded up, at least one (ALGORITHM.md)."""
+  return max(1, math.ceil(epochs / (num_teachers + 1)))
 
 
 def evaluate_set(
@@ -250,7 +260,7 @@ def main(config: ml_collections.ConfigDict) -> None:
     from infer_jax import distill  # noqa: PLC0415  (distill imports this module)
 
     teachers = distill.load_teachers(config, dataset)
-    scfg = dataclasses.replace(scfg, epochs=max(1, math.ceil(scfg.epochs / (len(teachers) + 1))))
+    scfg = dataclasses.replace(scfg, epochs=dynamic_epochs(scfg.epochs, len(teachers)))
   result = evaluate_set(scfg, s, dataset, seeds=seeds(config), labels=labels, teachers=teachers)
   out = {
     "set": os.path.abspath(path),
