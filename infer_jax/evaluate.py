@@ -40,7 +40,7 @@ from infer_jax import checkpoint, config_lib, distributed, student, synthetic
 from infer_jax.data import sources
 from infer_jax.errors import InputError
 
-LABELS = ("static", "dynamic", "hard")
+LABELS = student.LABEL_MODES
 
 
 def student_config(config: ml_collections.ConfigDict, info: sources.DatasetInfo):

@@ -431,10 +431,7 @@ def make_student_step(
   randomness is a pure function of ``(key, state.step)``. ``cfg.seed`` is not used: the seed
   is an argument, so that one compiled step serves every evaluation seed.
   """
-  if label_mode not in LABEL_MODES:
-    raise InputError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}.")
-  if (label_mode == "dynamic") != (label_fn is not None):
-    raise InputError("label_fn is needed for, and only for, label_mode='dynamic'.")
+  _check_label_mode(label_mode, label_fn)
   # Black in normalised space: what padding the [0, 1] image with 0 before normalising gives.
   fill = tuple(-m / s for m, s in zip(mean, std, strict=True))
 
@@ -626,15 +623,20 @@ def _label_mode(requested: str | None, has_soft: bool, has_hard: bool, label_fn)
     raise InputError("Give soft_labels, hard_labels or a label_fn: the student needs targets.")
   if mode is None:
     mode = "dynamic" if label_fn is not None else "static" if has_soft else "hard"
-  if mode not in LABEL_MODES:
-    raise InputError(f"label_mode must be one of {LABEL_MODES}, got {mode!r}.")
+  _check_label_mode(mode, label_fn)
   if mode == "static" and not has_soft:
     raise InputError("label_mode='static' needs soft labels (the teachers' logits); none given.")
   if mode == "hard" and not has_hard:
     raise InputError("label_mode='hard' needs hard labels (class indices).")
+  return mode
+
+
+def _check_label_mode(mode: str, label_fn) -> None:
+  """InputError unless ``mode`` is a label protocol and ``label_fn`` comes with 'dynamic' only."""
+  if mode not in LABEL_MODES:
+    raise InputError(f"label_mode must be one of {LABEL_MODES}, got {mode!r}.")
   if (mode == "dynamic") != (label_fn is not None):
     raise InputError("label_fn (the teacher ensemble) is needed for, and only for, dynamic labels.")
-  return mode
 
 
 def effective_batch_size(
