@@ -282,6 +282,11 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
   return out
 
 
+def _flat_config(config: Any) -> dict[str, Any]:
+  """``{'section.key': value}`` of a ConfigDict (or plain dict)."""
+  return _flatten(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+
+
 def _crc(text: str) -> int:
   return zlib.crc32(text.encode("utf-8")) & 0x7FFFFFFF
 
@@ -292,7 +297,7 @@ def config_fingerprint(config: Any) -> tuple[list[str], np.ndarray]:
   Returns:
     ``(names, hashes)``: sorted dotted names and int32 ``[len(names)]``.
   """
-  flat = _flatten(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+  flat = _flat_config(config)
   names = sorted(k for k in flat if not k.startswith("distributed."))
   hashes = np.array([_crc(json.dumps(flat[k], sort_keys=True)) for k in names], np.int32)
   return names, hashes
@@ -324,7 +329,7 @@ def check_same_config(config: Any) -> None:
     if keys:
       problems.append(f"process {p}: {', '.join(keys)}")
   if problems:
-    mine = _flatten(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+    mine = _flat_config(config)
     diff_keys = sorted({k for line in problems for k in line.split(": ", 1)[1].split(", ")})
     raise InputError(
       "The processes of this run were launched with different configs (settings that differ "
