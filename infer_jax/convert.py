@@ -126,19 +126,26 @@ def detect_format(path: str) -> str:
   )
 
 
-def _import_torch():
+def import_torch(needed_for: str, otherwise: str):
+  """The ``torch`` module, or an InputError saying how to install it.
+
+  Args:
+    needed_for: what needs torch, e.g. "Reading PyTorch .pth/.pt checkpoints".
+    otherwise: what the user can do without it, appended to the message.
+  """
   try:
     import torch
   except ImportError as e:
     raise InputError(
-      f"Reading PyTorch .pth/.pt checkpoints needs torch, which is not installed: {TORCH_EXTRA} "
-      "(or convert the file to safetensors elsewhere)."
+      f"{needed_for} needs torch, which is not installed: {TORCH_EXTRA}{otherwise}"
     ) from e
   return torch
 
 
 def _load_pytorch(path: str) -> Any:
-  torch = _import_torch()
+  torch = import_torch(
+    "Reading PyTorch .pth/.pt checkpoints", " (or convert the file to safetensors elsewhere)."
+  )
   try:
     return torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:

@@ -41,17 +41,6 @@ from infer_jax.errors import InputError
 TORCH_FILES = {"images": "images.pt", "soft_labels": "labels.pt", "hard_labels": "hard_labels.pt"}
 
 
-def _import_torch():
-  try:
-    import torch
-  except ImportError as e:
-    raise InputError(
-      "The PyTorch export (--torch) needs torch, which is not installed: "
-      "pip install 'infer-jax[torch]'. The PNG folder alone needs no torch."
-    ) from e
-  return torch
-
-
 def _torch_save(torch, obj, path: str) -> None:
   with open(path, "wb") as f:
     torch.save(obj, f)
@@ -65,7 +54,11 @@ def torch_writer(s: synthetic.SyntheticSet):
 
   torch is imported here, before anything is written, so a missing torch fails first.
   """
-  torch = _import_torch()
+  from infer_jax import convert  # noqa: PLC0415  (imports JAX: only for --torch)
+
+  torch = convert.import_torch(
+    "The PyTorch export (--torch)", ". The PNG folder alone needs no torch."
+  )
 
   def write(directory: str, order: np.ndarray) -> dict[str, Any]:
     instances, soft, hard = synthetic.materialize_rows(s, order)
