@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import platform
 import shlex
 import sys
 import time
@@ -292,8 +293,6 @@ def main(config: ml_collections.ConfigDict) -> None:
 
 def hardware() -> dict[str, Any]:
   """Where the figures were measured: JAX platform, device kind and count, host CPUs."""
-  import platform  # noqa: PLC0415
-
   device = jax.devices()[0]
   return {
     "platform": device.platform,

@@ -19,6 +19,7 @@ row changes; never edit the output by hand.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -36,8 +37,6 @@ _BASELINES = ("random_hard", "random", "infer_wo_ufc", "sre2l")
 
 def load_results(paths: Sequence[str]) -> list[dict[str, Any]]:
   """Reads distill summaries; each gets ``'_path'``. Raises InputError on unusable files."""
-  import json  # noqa: PLC0415
-
   out = []
   for path in paths:
     try:
@@ -204,12 +203,7 @@ def setting_markdown(summary: dict[str, Any], figures: dict[str, str]) -> str:
 
 def plot_accuracy_vs_ratio(results: list[dict[str, Any]], path: str) -> None:
   """Top-1 (mean ± std) against compression ratio, one marker per method (log x axis)."""
-  import matplotlib  # noqa: PLC0415
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
-  import matplotlib.ticker  # noqa: PLC0415
-
+  plt = _pyplot()
   fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 3.6), squeeze=False)
   markers = dict(
     zip(
@@ -232,7 +226,7 @@ def plot_accuracy_vs_ratio(results: list[dict[str, Any]], path: str) -> None:
       )
     ax.set_xscale("log")
     # Minor-tick labels of a narrow log range overprint one another; keep the major ones.
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
     ax.axhline(100 * chance(summary), color="grey", linestyle=":", linewidth=1)
     ax.annotate(
       "chance",
@@ -258,11 +252,7 @@ def plot_compensators(s: synthetic.SyntheticSet, path: str, *, subset: int = 0, 
   Compensators are shown min-max scaled per image (they are small and signed); instances
   are shown as the student sees them, clip(x + u) back in [0, 1] pixels.
   """
-  import matplotlib  # noqa: PLC0415
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
-
+  plt = _pyplot()
   if s.compensators is None:
     raise InputError("this set has no compensators to show (M = 0).")
   k = min(subset, s.K - 1)
@@ -297,6 +287,17 @@ def plot_compensators(s: synthetic.SyntheticSet, path: str, *, subset: int = 0, 
   fig.tight_layout()
   _save_figure(fig, path)
   plt.close(fig)
+
+
+def _pyplot():
+  """``matplotlib.pyplot`` on the file-only Agg backend (imported on first use: the tables
+  need no matplotlib)."""
+  import matplotlib  # noqa: PLC0415
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  return plt
 
 
 def _save_figure(fig, path: str) -> None:
