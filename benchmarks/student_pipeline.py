@@ -32,8 +32,9 @@ import time
 import jax
 import numpy as np
 
-from infer_jax import models, student, synthetic, train
+from infer_jax import models, student, synthetic
 from infer_jax.data import pipeline
+from infer_jax.runtime import train
 
 
 def make_set(k: int, m: int, c: int, size: int, seed: int = 0) -> synthetic.SyntheticSet:

@@ -16,7 +16,7 @@ random crop (pad 4) + flip, 200 epochs, CIFAR stems. Full-width teachers are for
 ``--config.data.source=cifar10 --config.data.path=cifar-10-python.tar.gz``.
 """
 
-from infer_jax import config_lib
+from infer_jax.runtime import config_lib
 
 
 def get_config(arg=None):

@@ -14,7 +14,7 @@ random crop (pad 4) + flip, 200 epochs, CIFAR stems. Full-width teachers are for
 ``--config.data.source=npz --config.data.path=cifar100.npz``.
 """
 
-from infer_jax import config_lib
+from infer_jax.runtime import config_lib
 
 
 def get_config(arg=None):

@@ -17,7 +17,7 @@ gets 20 epochs, too few to learn at this size), so its accuracies say nothing ab
 method.
 """
 
-from infer_jax import config_lib
+from infer_jax.runtime import config_lib
 
 
 def get_config(arg=None):

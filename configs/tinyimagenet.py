@@ -15,7 +15,7 @@ momentum 0.9, weight decay 5e-4, cosine, batch 128, random resized crop + flip,
 paper's Tiny-ImageNet teachers do.
 """
 
-from infer_jax import config_lib
+from infer_jax.runtime import config_lib
 
 
 def get_config(arg=None):

@@ -53,11 +53,12 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from infer_jax import checkpoint, models
+from infer_jax import models
 from infer_jax.data import sources
-from infer_jax.errors import InputError
 from infer_jax.models.common import BN_EPSILON, BN_MOMENTUM, STEMS
 from infer_jax.models.convnet import ConvNet
+from infer_jax.runtime import checkpoint
+from infer_jax.runtime.errors import InputError
 
 PyTree = Any
 

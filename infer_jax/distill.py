@@ -43,19 +43,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from infer_jax import (
-  checkpoint,
-  config_lib,
-  distributed,
-  evaluate,
-  recover,
-  relabel,
-  squeeze,
-  subsets,
-  synthetic,
-)
+from infer_jax import evaluate, recover, relabel, squeeze, synthetic
+from infer_jax.core import subsets
 from infer_jax.data import sources
-from infer_jax.errors import InputError
+from infer_jax.runtime import checkpoint, config_lib, distributed
+from infer_jax.runtime.errors import InputError
 
 FORMAT_NAME = "infer.npz"
 
@@ -490,6 +482,6 @@ def main(config: ml_collections.ConfigDict) -> None:
 
 
 if __name__ == "__main__":
-  from infer_jax import cli
+  from infer_jax.runtime import cli
 
   cli.run(main)

@@ -37,9 +37,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from infer_jax import checkpoint, config_lib, distributed, student, synthetic
+from infer_jax import student, synthetic
 from infer_jax.data import sources
-from infer_jax.errors import InputError
+from infer_jax.runtime import checkpoint, config_lib, distributed
+from infer_jax.runtime.errors import InputError
 
 LABELS = student.LABEL_MODES
 
@@ -306,6 +307,6 @@ def hardware() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-  from infer_jax import cli
+  from infer_jax.runtime import cli
 
   cli.run(main)

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from infer_jax import synthetic
-from infer_jax.errors import InputError
+from infer_jax.runtime.errors import InputError
 
 TORCH_FILES = {"images": "images.pt", "soft_labels": "labels.pt", "hard_labels": "hard_labels.pt"}
 

@@ -10,7 +10,7 @@ One parameterisation serves both methods that recover images from a teacher:
 In both, the synthetic batch of subset k is ``base_k + params_k`` (broadcast over the C
 classes when params_k has one row), everything lives in the dataset's normalised space,
 and the loss is INFER's ``CE + r_bn * BN-matching`` with the teacher in inference mode
-(:func:`infer_jax.bn_stats.teacher_loss`). Each step draws one augmentation per subset
+(:func:`infer_jax.core.bn_stats.teacher_loss`). Each step draws one augmentation per subset
 (a cyclic roll, optionally after a random resized crop and flip), computes every
 subset's gradient with ``jax.vmap`` (each subset's BN statistics over its own C images)
 and applies Adam(b1=0.5, b2=0.9) with a cosine-decayed learning rate. Adam is
@@ -39,8 +39,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from infer_jax import bn_stats, checkpoint, distributed, train
-from infer_jax.errors import InputError
+from infer_jax.core import bn_stats
+from infer_jax.runtime import checkpoint, distributed, train
+from infer_jax.runtime.errors import InputError
 
 PARAMETERISATIONS = ("compensator", "class_specific")
 AUGMENTS = ("roll", "rrc_flip_roll", "none")

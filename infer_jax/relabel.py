@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from infer_jax import checkpoint, distributed, train
+from infer_jax.runtime import checkpoint, distributed, train
 
 
 @functools.lru_cache(maxsize=32)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from infer_jax import synthetic
-from infer_jax.errors import InputError
+from infer_jax.runtime.errors import InputError
 
 # Methods compared against INFER in the generated statements, by row key.
 _BASELINES = ("random_hard", "random", "infer_wo_ufc", "sre2l")

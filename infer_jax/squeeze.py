@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from infer_jax import checkpoint, config_lib, distributed, train
 from infer_jax.data import pipeline, sources
-from infer_jax.errors import InputError
+from infer_jax.runtime import checkpoint, config_lib, distributed, train
+from infer_jax.runtime.errors import InputError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -255,6 +255,6 @@ def main(config: ml_collections.ConfigDict) -> None:
 
 
 if __name__ == "__main__":
-  from infer_jax import cli
+  from infer_jax.runtime import cli
 
   cli.run(main)

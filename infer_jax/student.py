@@ -56,9 +56,10 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from infer_jax import models, train
+from infer_jax import models
 from infer_jax.data import pipeline
-from infer_jax.errors import InputError
+from infer_jax.runtime import train
+from infer_jax.runtime.errors import InputError
 
 OPTIMIZERS = ("adamw", "sgd")
 AUGMENTATIONS = ("crop_flip", "rrc_flip", "flip", "none")
@@ -391,7 +392,7 @@ def make_optimizer(cfg: StudentConfig, total_steps: int) -> optax.GradientTransf
   """The recipe's optimiser, its learning rate cosine-decayed from ``cfg.lr`` to 0.
 
   'adamw': ``optax.adamw`` (decoupled weight decay on every parameter, as
-  ``torch.optim.AdamW``); 'sgd': :func:`infer_jax.train.sgd_optimizer` (momentum, coupled
+  ``torch.optim.AdamW``); 'sgd': :func:`infer_jax.runtime.train.sgd_optimizer` (momentum, coupled
   weight decay, as ``torch.optim.SGD``).
   """
   if cfg.optimizer == "adamw":

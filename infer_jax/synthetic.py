@@ -42,7 +42,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from infer_jax.errors import InputError
+from infer_jax.runtime.errors import InputError
 
 FORMAT_VERSION = 1
 # Dtypes a compensator or label array may have; the names are what files and configs use.

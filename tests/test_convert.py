@@ -35,7 +35,9 @@ import numpy as np
 import optax
 import pytest
 
-from infer_jax import bn_stats, checkpoint, convert, models
+from infer_jax import convert, models
+from infer_jax.core import bn_stats
+from infer_jax.runtime import checkpoint
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

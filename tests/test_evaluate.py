@@ -9,9 +9,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from infer_jax import checkpoint, evaluate, models, relabel, report, student, synthetic
+from infer_jax import evaluate, models, relabel, report, student, synthetic
 from infer_jax.data import sources
-from infer_jax.errors import InputError
+from infer_jax.runtime import checkpoint
+from infer_jax.runtime.errors import InputError
 from tests.test_squeeze import tiny_config
 
 

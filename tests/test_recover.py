@@ -11,8 +11,10 @@ import optax
 import pytest
 from jax.sharding import Mesh
 
-from infer_jax import bn_stats, checkpoint, models, recover, relabel, subsets
-from infer_jax.errors import InputError
+from infer_jax import models, recover, relabel
+from infer_jax.core import bn_stats, subsets
+from infer_jax.runtime import checkpoint
+from infer_jax.runtime.errors import InputError
 
 SHAPE = (8, 8, 3)
 C = 4

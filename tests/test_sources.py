@@ -21,7 +21,7 @@ from PIL import Image
 
 from infer_jax.data import sources
 from infer_jax.data.sources import ArraySource, DatasetInfo, ImageSource, load_dataset
-from infer_jax.errors import InputError
+from infer_jax.runtime.errors import InputError
 
 # ----------------------------------------------------------------------------- helpers
 

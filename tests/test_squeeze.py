@@ -11,8 +11,9 @@ import time
 import chex
 import pytest
 
-from infer_jax import checkpoint, squeeze
-from infer_jax.errors import InputError
+from infer_jax import squeeze
+from infer_jax.runtime import checkpoint
+from infer_jax.runtime.errors import InputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,9 +9,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from infer_jax import models, student, train
+from infer_jax import models, student
 from infer_jax.data import pipeline, sources
-from infer_jax.errors import InputError
+from infer_jax.runtime import train
+from infer_jax.runtime.errors import InputError
 
 # ---------------------------------------------------------------------------------------------
 # KL divergence with temperature.

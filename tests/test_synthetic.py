@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from infer_jax import synthetic
-from infer_jax.errors import InputError
+from infer_jax.runtime.errors import InputError
 
 DTYPES = ("float32", "float16", "bfloat16")
 

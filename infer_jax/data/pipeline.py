@@ -42,7 +42,7 @@ import numpy as np
 from absl import flags as absl_flags
 from PIL import Image
 
-from infer_jax.errors import InputError
+from infer_jax.runtime.errors import InputError
 
 AUGMENTATIONS = ("crop_flip", "rrc_flip", "flip", "none")
 

@@ -62,7 +62,7 @@ from typing import Any
 
 import numpy as np
 
-from infer_jax.errors import InputError
+from infer_jax.runtime.errors import InputError
 
 SOURCES = ("digits", "npz", "imagefolder", "cifar10", "cifar100", "tinyimagenet", "tfds")
 

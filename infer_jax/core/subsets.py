@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from infer_jax.errors import InputError
+from infer_jax.runtime.errors import InputError
 
 
 def num_subsets(ipc: int, num_classes: int, num_teachers: int) -> int:

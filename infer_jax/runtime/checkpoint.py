@@ -28,8 +28,9 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from infer_jax import distributed, models, train
-from infer_jax.errors import InputError
+from infer_jax import models
+from infer_jax.runtime import distributed, train
+from infer_jax.runtime.errors import InputError
 
 PyTree = Any
 

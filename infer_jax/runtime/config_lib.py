@@ -10,7 +10,7 @@ import os
 
 import ml_collections
 
-from infer_jax.errors import InputError
+from infer_jax.runtime.errors import InputError
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -106,7 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluate.labels = "static"  # static | dynamic | hard
   c.evaluate.out = ""  # result JSON; '' = <workdir>/evaluate/<set>-<labels>.json
 
-  # Multi-process runs (infer_jax.distributed, docs/scaling.md). On SLURM (srun), Open MPI
+  # Multi-process runs (infer_jax.runtime.distributed, docs/scaling.md). On SLURM (srun), Open MPI
   # and Cloud TPU pods everything is auto-detected; elsewhere give the coordinator address,
   # process count and, per process, its id. Only these settings may differ between processes.
   c.distributed = ml_collections.ConfigDict()
