@@ -20,7 +20,7 @@ from infer_jax.runtime import config_lib
 
 def get_config(arg=None):
   args = config_lib.parse_arg(arg, ipc=10)
-  c = config_lib.base_config()  # teachers and the SGD recipe of ALGORITHM.md
+  c = config_lib.base_config()  # teachers and the SGD recipe of docs/algorithm.md
   c.name = "tinyimagenet"
   c.data.source = "tinyimagenet"
   c.data.path = "data/tiny-imagenet-200"
