@@ -33,7 +33,7 @@ Figures (per family and function):
 * ``img_per_s_min`` / ``img_per_s_median`` (and ``_max``): images per second over
   ``--repeats`` repeats, each repeat being ``--iters`` back-to-back calls timed from the first
   dispatch to ``block_until_ready`` of the last result. For ``recover`` this is
-  image-iterations per second, the unit of the PyTorch reference in docs/PERFORMANCE.md.
+  image-iterations per second, the unit in which a PyTorch recover loop is usually quoted.
 * ``flops_per_call``: XLA's own estimate, ``compiled.cost_analysis()['flops']`` (``null`` where
   the backend gives none); ``gflop_per_s_min`` / ``_median``: that estimate times the call rate.
   Caveat: XLA counts the weight gradient of a depthwise / grouped convolution as if it were

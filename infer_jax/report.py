@@ -352,7 +352,7 @@ def write_report(
     "# Results",
     "",
     "Generated from the JSON files named below by the command that follows; do not edit by "
-    "hand, rerun it. Protocol: docs/PROTOCOL.md of the project's development docs, in short: "
+    "hand, rerun it. Protocol: docs/protocol.md, in short: "
     "final-epoch top-1 on the real test set, mean ± sample standard deviation over the "
     "evaluation seeds, every method with the same teachers, student, augmentation, MixUp, "
     "temperature, optimiser and number of optimisation steps (INFER+Dyn: 1/(M+1) of the "
