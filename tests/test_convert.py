@@ -18,7 +18,7 @@ layouts) with random weights and non-trivial BatchNorm statistics. Each is conve
   float32 gradient ill-conditioned (PyTorch's and ours each differ from the float64 one
   by up to ~1%), so it is compared where rounding cannot hide a real difference.
 
-Tests skip where torch is not installed.
+Tests skip where torch is not installed (and fail under ``CI=true``).
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ import optax
 import pytest
 
 from infer_jax import bn_stats, checkpoint, convert, models
+from tests.conftest import TORCH_HOW, require_module
 
-torch = pytest.importorskip("torch")
+torch = require_module("torch", TORCH_HOW)
 F = torch.nn.functional
 # One thread: on a small shared CPU, PyTorch's intra-op threads contend with XLA's and a
 # 32x32 ResNet-18 forward takes ~1 s instead of ~0.03 s.

@@ -15,6 +15,7 @@ from flax import traverse_util
 
 from infer_jax import checkpoint, convert, export, models, synthetic
 from infer_jax.errors import InputError
+from tests.conftest import TORCH_HOW, require_module
 from tests.test_synthetic import _random_set
 
 
@@ -53,7 +54,7 @@ def _reference_state(model, image_shape, seed=0) -> dict[str, np.ndarray]:
 
 
 def test_safetensors_convert_with_numpy_alone(tmp_path, no_torch):
-  pytest.importorskip("safetensors")
+  require_module("safetensors", TORCH_HOW)
   from safetensors.numpy import save_file
 
   model = models.create_model("shufflenetv2_tiny", 10, stem="cifar")
