@@ -3,6 +3,7 @@
 import dataclasses
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -372,3 +373,111 @@ def test_the_step_compiles_once_and_is_a_function_of_seed_and_step(digits):
 def test_config_is_frozen():
   with pytest.raises(dataclasses.FrozenInstanceError):
     student.StudentConfig().epochs = 3  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------------------------------------
+# The wired step with MixUp on: its loss against a NumPy computation.
+
+
+class _Probe(nn.Module):
+  """A linear student that hands every batch it sees to ``record`` (a host callback).
+
+  It keeps one (unused) BatchNorm-collection counter because the student step threads
+  ``batch_stats`` through every update.
+  """
+
+  num_classes: int
+  record: object
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    self.variable("batch_stats", "calls", lambda: jnp.zeros((), jnp.float32))
+    jax.debug.callback(self.record, x)
+    return nn.Dense(self.num_classes, name="fc")(x.reshape((x.shape[0], -1)))
+
+
+def _mixup_from_one_hot_images(mixed):
+  """``(lam, perm)`` of a MixUp of one-hot images (image i is 1 at pixel i, else 0).
+
+  ``mixed[j] = lam * onehot(j) + (1 - lam) * onehot(perm[j])``: pixel j holds lam (1 where
+  perm[j] == j) and pixel perm[j] holds 1 - lam.
+  """
+  flat = np.asarray(mixed, np.float64)[..., 0].reshape(len(mixed), -1)
+  perm = np.arange(len(flat))
+  lam = None
+  for j, row in enumerate(flat):
+    others = [p for p in np.flatnonzero(row > 1e-7) if p != j]
+    if others:
+      (perm[j],) = others
+      lam = row[j]
+  assert lam is not None, "this draw left every image unmixed; pick another key"
+  return lam, perm
+
+
+@pytest.mark.parametrize("label_mode", ["static", "hard", "dynamic"])
+def test_the_wired_step_mixes_images_and_targets_with_one_lam(label_mode):
+  """The step's loss (augmentation off, MixUp on) equals the loss computed in NumPy from the
+  mixed batch the student saw: targets ``lam * y + (1 - lam) * y[perm]`` for static and hard
+  labels, the labeller's output *on the mixed images* for dynamic labels."""
+  b, classes, shape, temperature = 8, 5, (4, 4, 3), 2.0
+  seen, labelled = [], []
+  model = _Probe(classes, lambda x: seen.append(np.asarray(x)))
+  images = np.zeros((b, *shape), np.float32)
+  images.reshape(b, -1, 3)[np.arange(b), np.arange(b)] = 1.0  # image i: one-hot at pixel i
+  rng = np.random.default_rng(0)
+  soft = rng.normal(0, 3, (b, classes)).astype(np.float32)
+  hard = rng.integers(0, classes, b).astype(np.int32)
+  label_w = rng.normal(0, 2, (int(np.prod(shape)), classes)).astype(np.float32)
+
+  def teacher(w, x):
+    jax.debug.callback(lambda v: labelled.append(np.asarray(v)), x)
+    return x.reshape(x.shape[0], -1) @ w
+
+  labeller = student.Labeller(teacher, jnp.asarray(label_w)) if label_mode == "dynamic" else None
+  cfg = student.StudentConfig(
+    arch="convnet_tiny", augment="none", mixup_alpha=0.8, temperature=temperature, lr=0.1
+  )
+  tx = student.make_optimizer(cfg, total_steps=1)
+  step = student.make_student_step(
+    model,
+    tx,
+    cfg,
+    mean=(0.5,) * 3,
+    std=(0.25,) * 3,
+    num_classes=classes,
+    label_mode=label_mode,
+    label_fn=labeller,
+  )
+  mesh = train.data_mesh(jax.devices()[:1])  # one device: the callbacks see the whole batch
+  state = train.create_train_state(model, tx, jax.random.key(0, impl="rbg"), shape, mesh)
+  w = np.asarray(state.params["fc"]["kernel"], np.float64)
+  bias = np.asarray(state.params["fc"]["bias"], np.float64)
+  batch = {"image": images, "label": hard}
+  if label_mode == "static":
+    batch["soft_label"] = soft
+  seen.clear()  # the initialisation ran the model once
+  _, metrics = step(state, batch, student.data_key(6), labeller.variables if labeller else None)
+  loss = float(metrics["loss"])
+  jax.effects_barrier()
+  (mixed,) = seen
+  lam, perm = _mixup_from_one_hot_images(mixed)
+  # A lam far from 1/2 (so lam and 1 - lam differ) and from 0 and 1 (so both images count).
+  assert 0.05 < lam < 0.4, lam
+  # The student saw lam * x + (1 - lam) * x[perm].
+  np.testing.assert_allclose(mixed, lam * images + (1 - lam) * images[perm], atol=1e-6)
+  logits = mixed.reshape(b, -1).astype(np.float64) @ w + bias
+  if label_mode == "hard":
+    one_hot = np.eye(classes)[hard]
+    target = lam * one_hot + (1 - lam) * one_hot[perm]
+    log_q = logits - logits.max(1, keepdims=True)
+    log_q = log_q - np.log(np.exp(log_q).sum(1, keepdims=True))
+    expected = -(target * log_q).sum(1).mean()
+  else:
+    if label_mode == "static":
+      target = lam * soft + (1 - lam) * soft[perm]
+    else:
+      (to_label,) = labelled
+      np.testing.assert_array_equal(to_label, mixed)  # labels of what the student sees
+      target = mixed.reshape(b, -1).astype(np.float64) @ label_w
+    expected = _numpy_kl(logits, target, temperature)
+  np.testing.assert_allclose(loss, expected, rtol=1e-5, atol=1e-7)
