@@ -105,11 +105,20 @@ def test_mixup_mixes_images_and_logits_with_the_same_lam_and_partner():
 
 
 def test_mixup_lam_follows_the_beta_distribution_and_alpha_zero_disables_it():
-  keys = jax.random.split(jax.random.key(0), 300)
-  lams = np.array([float(_mixup(k, _MIX_IMAGES, _MIX_LOGITS, 0.8)[2]) for k in keys])
+  from scipy import stats
+
+  n = 20_000
+  keys = jax.random.split(jax.random.key(0), n)
+  lams = np.asarray(jax.jit(jax.vmap(lambda k: student.mixup(k, _MIX_IMAGES, None, 0.8)[2]))(keys))
   assert lams.min() >= 0.0 and lams.max() <= 1.0
-  # Beta(0.8, 0.8) has mean 1/2 and variance 1/(4 * 2.6) ~ 0.096.
-  assert abs(lams.mean() - 0.5) < 0.06 and abs(lams.var() - 0.096) < 0.03
+  # Kolmogorov-Smirnov: the largest gap between the empirical CDF and Beta(0.8, 0.8)'s must
+  # stay below the 1e-3 critical value sqrt(-ln(1e-3 / 2) / 2) / sqrt(n) ~ 0.0138. U(0, 1)
+  # lies 0.033 from Beta(0.8, 0.8) in that distance, so a uniform lam (or Beta(1, 1), or
+  # another alpha) is rejected: its gap to Beta(0.8, 0.8) exceeds 0.033 - 0.0138.
+  critical = np.sqrt(-np.log(1e-3 / 2) / 2) / np.sqrt(n)
+  assert stats.kstest(lams, stats.beta(0.8, 0.8).cdf).statistic < critical
+  assert stats.kstest(lams, stats.uniform().cdf).statistic > critical
+  assert stats.kstest(lams, stats.beta(0.6, 0.6).cdf).statistic > critical
   out_images, out_targets, lam = student.mixup(jax.random.key(0), _MIX_IMAGES, None, 0.0)
   assert out_targets is None and float(lam) == 1.0 and out_images is _MIX_IMAGES
 
@@ -152,13 +161,29 @@ def test_crop_flip_returns_windows_of_the_padded_image():
 
 
 def test_augment_batch_draws_per_image():
-  image = jnp.arange(6 * 6 * 3, dtype=jnp.float32).reshape(6, 6, 3)
-  batch = jnp.broadcast_to(image, (16, 6, 6, 3))
-  for augment in ("crop_flip", "rrc_flip", "flip"):
-    out = jax.jit(student.augment_batch, static_argnums=2)(jax.random.key(3), batch, augment)
-    assert out.shape == batch.shape
-    distinct = {np.asarray(o).tobytes() for o in out}
-    assert len(distinct) > 1, augment
+  b = 64
+  image = np.arange(1, 6 * 6 * 3 + 1, dtype=np.float32).reshape(6, 6, 3)
+  batch = jnp.broadcast_to(image, (b, 6, 6, 3))
+  fill = np.array([-1.0, -2.0, -3.0], np.float32)
+  augment = jax.jit(student.augment_batch, static_argnums=2, static_argnames="crop_padding")
+  # crop_flip: every image is exactly one of the 3 x 3 offsets x 2 flips of the padded image
+  # (NumPy windows), drawn per image: 64 draws realise nearly all 18 outcomes.
+  windows = _windows(image, 1, fill)
+  out = np.asarray(augment(jax.random.key(3), batch, "crop_flip", crop_padding=1, fill=fill))
+  realised = []
+  for i, o in enumerate(out):
+    matches = [j for j, w in enumerate(windows) if np.array_equal(o, w)]
+    assert matches, f"image {i} is not a window of the padded image"
+    realised.append(matches[0])
+  assert len(set(realised)) >= 14, sorted(set(realised))
+  # flip: the image or its mirror, each about half the time (Binomial(64, 1/2): 32 +- 4).
+  out = np.asarray(augment(jax.random.key(3), batch, "flip"))
+  mirrored = [bool(np.array_equal(o, image[:, ::-1])) for o in out]
+  assert all(m or np.array_equal(o, image) for m, o in zip(mirrored, out, strict=True))
+  assert 16 <= sum(mirrored) <= 48, sum(mirrored)
+  # rrc_flip: a window per image -- most of the 64 differ.
+  out = np.asarray(augment(jax.random.key(3), batch, "rrc_flip"))
+  assert len({o.tobytes() for o in out}) >= b // 2
   np.testing.assert_array_equal(student.augment_batch(jax.random.key(0), batch, "none"), batch)
 
 
