@@ -613,3 +613,14 @@ def test_distill_uses_a_converted_teacher_like_a_squeezed_one(tmp_path, capsys):
   assert len(list(folder.glob("*/*.png"))) == n
   with torch.no_grad():  # the exported tensors feed a PyTorch model as they are
     np.testing.assert_allclose(ref(images).numpy(), expected[rows], rtol=1e-5, atol=1e-5)
+
+
+def test_the_committed_shufflenetv2_tiny_listing_is_the_torch_state_dict():
+  """tests/torch_refs/shufflenetv2_tiny_cifar_10.json (what the torch-free conversion test
+  builds its state_dict from) lists exactly the live reference module's names and shapes."""
+  import json
+  import pathlib
+
+  listing = pathlib.Path(__file__).parent / "torch_refs" / "shufflenetv2_tiny_cifar_10.json"
+  state = shufflenet.shufflenetv2_tiny(10, stem="cifar").state_dict()
+  assert json.loads(listing.read_text()) == {k: list(v.shape) for k, v in state.items()}
