@@ -289,7 +289,10 @@ def static_run(digits):
 def test_static_soft_labels_learn_and_are_reproducible(digits, static_run):
   first, lines = static_run
   assert first["label_mode"] == "static"
-  assert first["final_top1"] > 0.3, first  # chance is 0.1; ~0.55 expected
+  # Measured 0.474 (359 test images, chance 0.1). The bound sits ~3 binomial standard
+  # deviations of that estimate (sqrt(0.47 * 0.53 / 359) = 0.026) below it: a regression
+  # that costs the student more than ~7 points fails here.
+  assert first["final_top1"] > 0.4, first
   assert first["steps"] == 15 * (200 // 32) and first["steps_per_epoch"] == 6
   assert first["best_top1"] is None and first["best_epoch"] is None
   assert [h["epoch"] for h in first["history"]] == [15]
@@ -307,9 +310,12 @@ def test_hard_labels_learn_with_sgd_and_track_the_best_epoch(digits):
   cfg = small_config(optimizer="sgd", lr=0.05, weight_decay=5e-4, eval_every_epochs=1)
   result = run(digits, cfg, soft=False, log=lines.append)
   assert result["label_mode"] == "hard"
-  assert result["final_top1"] > 0.3, result
   history = result["history"]
   assert [h["epoch"] for h in history] == list(range(1, 16))
+  # Measured: 0.100 (chance) after epoch 1, 0.437 after epoch 15. The bounds sit ~2.5 binomial
+  # standard deviations (0.026 on 359 test images) below, and it must have learnt since epoch 1.
+  assert result["final_top1"] > 0.37, result
+  assert history[-1]["top1"] > history[0]["top1"] + 0.25, history
   best = max(history, key=lambda h: h["top1"])
   assert best["epoch"] != 15, "this recipe's best epoch is not its last: keep it so"
   # The figure to report is the last epoch's, whatever the best one was.
