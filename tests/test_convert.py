@@ -558,8 +558,9 @@ def test_convnet_head_rows_are_permuted_from_chw_to_hwc():
 def test_distill_uses_a_converted_teacher_like_a_squeezed_one(tmp_path, capsys):
   """Convert a full-width PyTorch ResNet-18 (torchvision layout, CIFAR stem, saved from
   nn.DataParallel under ``state_dict``) into the workdir's teacher slot; distill loads it
-  without training, runs the whole comparison on it, and its static labels are the
-  PyTorch module's own logits on the synthetic instances."""
+  without training, builds and evaluates the INFER set with it (one row: every row takes
+  its teachers from the same loader, and the rows are tested in tests/test_distill.py), and
+  its static labels are the PyTorch module's own logits on the synthetic instances."""
   from infer_jax import distill, export, squeeze, synthetic
   from infer_jax.data import sources
   from tests.test_squeeze import tiny_config
@@ -570,6 +571,7 @@ def test_distill_uses_a_converted_teacher_like_a_squeezed_one(tmp_path, capsys):
   config.recover.checkpoint_every = 10
   config.recover.log_every = 0
   config.student.epochs = 2
+  config.methods = "infer"
   info = sources.load_from_config(config.data).info
   ref = _tiny_checkpoint(seed=2, arch="resnet18")
   path = tmp_path / "resnet18.pth"
@@ -588,7 +590,7 @@ def test_distill_uses_a_converted_teacher_like_a_squeezed_one(tmp_path, capsys):
   (teacher,) = summary["teachers"]
   assert teacher["architecture"] == "resnet18" and teacher["source"] == "pytorch"
   assert teacher["test_top1"] is None and teacher["epochs"] is None and summary["M"] == 1
-  assert [r["key"] for r in summary["rows"]] == config.methods.split(",")
+  assert [r["key"] for r in summary["rows"]] == ["infer"]
   s = synthetic.load(str(work / "synthetic" / "infer.npz"))
   assert s.K == 9 and s.M == 1  # ipc 10, 10 classes, one teacher
   instances, soft, _ = synthetic.materialize(s)
