@@ -2,17 +2,28 @@
 
 Eight fake CPU devices are created before JAX initialises, so sharding code is tested
 on a "multi-device" machine everywhere (laptops, CI) -- one device is a special case of
-eight, not the other way round.
+eight, not the other way round. The suite runs on the CPU even where an accelerator is
+present (``JAX_PLATFORMS=cpu`` unless set otherwise): the fake devices, the tolerances and
+the bit-for-bit reproducibility checks are those of XLA:CPU.
+
+A test that needs something optional (``../shared/data``, torch, safetensors) calls
+:func:`require` / :func:`require_module`: it is skipped where that is missing, except under
+``CI=true``, where it fails naming what is missing and how to provide it -- CI must run
+everything.
 """
 
+import importlib
 import os
 import pathlib
+import types
 
 os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 # Tests must not grab all host memory or threads of a small CI machine.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# The fake devices above are CPU devices: on a machine with a GPU, JAX would otherwise pick it.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
 
@@ -20,9 +31,44 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def in_ci() -> bool:
+  """True when the environment variable ``CI`` is ``true`` (or ``1``): nothing may skip."""
+  return os.environ.get("CI", "").strip().lower() in ("true", "1")
+
+
+def require(name: str, how: str) -> None:
+  """Skips the calling test because ``name`` is missing -- or fails it under ``CI=true``.
+
+  Args:
+    name: what is missing (a package, a folder).
+    how: how to provide it, e.g. ``"pip install -e '.[torch]'"``.
+  """
+  message = f"{name} is missing; {how}"
+  if in_ci():
+    pytest.fail(f"CI=true and {message} (CI runs every test, none may skip)", pytrace=False)
+  pytest.skip(message, allow_module_level=True)
+
+
+def require_module(module: str, how: str) -> types.ModuleType:
+  """``import module``, or :func:`require` (skip; fail under ``CI=true``) where it is absent."""
+  try:
+    return importlib.import_module(module)
+  except ImportError as e:
+    problem = str(e)
+  # Outside the except block, so the report is the one line below, not a chained traceback.
+  require(f"the Python package {module!r} ({problem})", how)
+  raise AssertionError("not reached: require skips or fails")
+
+
+TORCH_HOW = "install the PyTorch extra: pip install -e '.[torch]'"
+
+
 @pytest.fixture
 def shared_data() -> pathlib.Path:
-  """The real-data folder beside the checkout; skips the test when it is absent."""
+  """The real-data folder beside the checkout; skips (fails under CI) when it is absent."""
   if not (SHARED_DATA / "prepare.py").exists():
-    pytest.skip(f"{SHARED_DATA} is absent (real-data integration tests need it)")
+    require(
+      f"{SHARED_DATA} (with prepare.py)",
+      "real-data integration tests read it: place the shared data folder beside the checkout",
+    )
   return SHARED_DATA

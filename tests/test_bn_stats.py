@@ -171,12 +171,17 @@ def test_bn_loss_keeps_leading_axes():
   chex.assert_shape(loss, (2,))
 
 
-def test_bn_loss_gradient_is_finite_at_exact_match():
+def test_bn_loss_gradient_is_zero_at_exact_match():
   # When a subset's statistics equal the running ones exactly, ||.||_2 has no gradient;
-  # the loss must give 0, not NaN, there.
+  # the loss must give 0 there (a subgradient, and the minimum), not NaN or anything else.
   stats = {"bn": {"mean": jnp.ones(3), "var": jnp.ones(3)}}
   g = jax.grad(lambda s: bn_stats.bn_matching_loss(s, stats, first_layer=None))(stats)
-  chex.assert_tree_all_finite(g)
+  chex.assert_trees_all_equal(g, jax.tree.map(jnp.zeros_like, stats))
+  # Away from the match it is the unit vector (s - r) / ||s - r|| (by hand: (3, 4) / 5).
+  moved = {"bn": {"mean": jnp.array([1.0, 4.0, 5.0]), "var": jnp.ones(3)}}
+  g = jax.grad(lambda s: bn_stats.bn_matching_loss(s, stats, first_layer=None))(moved)
+  np.testing.assert_allclose(g["bn"]["mean"], [0.0, 0.6, 0.8], rtol=1e-6)
+  np.testing.assert_array_equal(g["bn"]["var"], np.zeros(3))
 
 
 def test_errors():

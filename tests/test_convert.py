@@ -18,7 +18,7 @@ layouts) with random weights and non-trivial BatchNorm statistics. Each is conve
   float32 gradient ill-conditioned (PyTorch's and ours each differ from the float64 one
   by up to ~1%), so it is compared where rounding cannot hide a real difference.
 
-Tests skip where torch is not installed.
+Tests skip where torch is not installed (and fail under ``CI=true``).
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ import pytest
 from infer_jax import convert, models
 from infer_jax.core import bn_stats
 from infer_jax.runtime import checkpoint
+from tests.conftest import TORCH_HOW, require_module
 
-torch = pytest.importorskip("torch")
+torch = require_module("torch", TORCH_HOW)
 F = torch.nn.functional
 # One thread: on a small shared CPU, PyTorch's intra-op threads contend with XLA's and a
 # 32x32 ResNet-18 forward takes ~1 s instead of ~0.03 s.
@@ -559,8 +560,9 @@ def test_convnet_head_rows_are_permuted_from_chw_to_hwc():
 def test_distill_uses_a_converted_teacher_like_a_squeezed_one(tmp_path, capsys):
   """Convert a full-width PyTorch ResNet-18 (torchvision layout, CIFAR stem, saved from
   nn.DataParallel under ``state_dict``) into the workdir's teacher slot; distill loads it
-  without training, runs the whole comparison on it, and its static labels are the
-  PyTorch module's own logits on the synthetic instances."""
+  without training, builds and evaluates the INFER set with it (one row: every row takes
+  its teachers from the same loader, and the rows are tested in tests/test_distill.py), and
+  its static labels are the PyTorch module's own logits on the synthetic instances."""
   from infer_jax import distill, export, synthetic
   from infer_jax.data import sources
   from infer_jax.runtime import config_lib
@@ -572,6 +574,7 @@ def test_distill_uses_a_converted_teacher_like_a_squeezed_one(tmp_path, capsys):
   config.recover.checkpoint_every = 10
   config.recover.log_every = 0
   config.student.epochs = 2
+  config.methods = "infer"
   info = sources.load_from_config(config.data).info
   ref = _tiny_checkpoint(seed=2, arch="resnet18")
   path = tmp_path / "resnet18.pth"
@@ -590,7 +593,7 @@ def test_distill_uses_a_converted_teacher_like_a_squeezed_one(tmp_path, capsys):
   (teacher,) = summary["teachers"]
   assert teacher["architecture"] == "resnet18" and teacher["source"] == "pytorch"
   assert teacher["test_top1"] is None and teacher["epochs"] is None and summary["M"] == 1
-  assert [r["key"] for r in summary["rows"]] == config.methods.split(",")
+  assert [r["key"] for r in summary["rows"]] == ["infer"]
   s = synthetic.load(str(work / "synthetic" / "infer.npz"))
   assert s.K == 9 and s.M == 1  # ipc 10, 10 classes, one teacher
   instances, soft, _ = synthetic.materialize(s)
@@ -615,3 +618,14 @@ def test_distill_uses_a_converted_teacher_like_a_squeezed_one(tmp_path, capsys):
   assert len(list(folder.glob("*/*.png"))) == n
   with torch.no_grad():  # the exported tensors feed a PyTorch model as they are
     np.testing.assert_allclose(ref(images).numpy(), expected[rows], rtol=1e-5, atol=1e-5)
+
+
+def test_the_committed_shufflenetv2_tiny_listing_is_the_torch_state_dict():
+  """tests/torch_refs/shufflenetv2_tiny_cifar_10.json (what the torch-free conversion test
+  builds its state_dict from) lists exactly the live reference module's names and shapes."""
+  import json
+  import pathlib
+
+  listing = pathlib.Path(__file__).parent / "torch_refs" / "shufflenetv2_tiny_cifar_10.json"
+  state = shufflenet.shufflenetv2_tiny(10, stem="cifar").state_dict()
+  assert json.loads(listing.read_text()) == {k: list(v.shape) for k, v in state.items()}

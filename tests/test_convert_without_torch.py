@@ -7,15 +7,18 @@ these run (and pass) whether or not torch is installed.
 
 from __future__ import annotations
 
+import json
+import pathlib
 import sys
 
+import jax
 import numpy as np
 import pytest
-from flax import traverse_util
 
-from infer_jax import convert, export, models, synthetic
+from infer_jax import convert, export, synthetic
 from infer_jax.runtime import checkpoint
 from infer_jax.runtime.errors import InputError
+from tests.conftest import TORCH_HOW, require_module
 from tests.test_synthetic import _random_set
 
 
@@ -41,24 +44,31 @@ def test_pth_without_torch_names_the_extra(tmp_path, no_torch):
     convert.load_torch_state(str(path))
 
 
-def _reference_state(model, image_shape, seed=0) -> dict[str, np.ndarray]:
-  """A state_dict in PyTorch layout (names and shapes) for ``model``, random values."""
+# The state_dict of tests/torch_refs' shufflenetv2_tiny (CIFAR stem, 10 classes) as PyTorch
+# writes it: names and shapes listed by torch itself (tests/test_convert.py checks that the
+# listing matches the live module), so the names are not derived from the converter.
+LISTING = pathlib.Path(__file__).parent / "torch_refs" / "shufflenetv2_tiny_cifar_10.json"
+
+
+def _reference_state(seed=0) -> dict[str, np.ndarray]:
+  """A PyTorch state_dict (names, shapes, dtypes) of shufflenetv2_tiny with random values."""
   rng = np.random.default_rng(seed)
-  abstract = checkpoint.abstract_variables(model, image_shape)
   state = {}
-  for key, leaf in traverse_util.flatten_dict(abstract).items():
-    shape = convert._torch_shape(key, tuple(leaf.shape))
-    value = rng.uniform(0.5, 1.5, shape) if key[-1] == "var" else rng.normal(size=shape)
-    state[convert._torch_name(key)] = value.astype(np.float32)
+  for name, shape in json.loads(LISTING.read_text()).items():
+    if name.endswith("num_batches_tracked"):
+      state[name] = np.asarray(7, np.int64)
+    elif name.endswith("running_var"):
+      state[name] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    else:
+      state[name] = rng.normal(size=shape).astype(np.float32)
   return state
 
 
 def test_safetensors_convert_with_numpy_alone(tmp_path, no_torch):
-  pytest.importorskip("safetensors")
+  require_module("safetensors", TORCH_HOW)
   from safetensors.numpy import save_file
 
-  model = models.create_model("shufflenetv2_tiny", 10, stem="cifar")
-  state = _reference_state(model, (32, 32, 3))
+  state = _reference_state()
   path = tmp_path / "w.safetensors"
   save_file(state, str(path))
   out = tmp_path / "teachers" / "shufflenetv2_tiny"
@@ -73,4 +83,12 @@ def test_safetensors_convert_with_numpy_alone(tmp_path, no_torch):
   np.testing.assert_array_equal(teacher.variables["params"]["fc"]["kernel"], state["fc.weight"].T)
   np.testing.assert_array_equal(
     teacher.variables["batch_stats"]["conv5_1"]["var"], state["conv5.1.running_var"]
+  )
+  # Every float tensor of the state_dict arrives once: the same number of values and tensors.
+  floats = [v for k, v in state.items() if not k.endswith("num_batches_tracked")]
+  leaves = jax.tree.leaves(teacher.variables)
+  assert len(leaves) == len(floats)
+  assert sum(leaf.size for leaf in leaves) == sum(v.size for v in floats)
+  assert sorted(float(np.sum(leaf)) for leaf in leaves) == pytest.approx(
+    sorted(float(np.sum(v)) for v in floats), rel=1e-5
   )

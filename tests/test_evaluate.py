@@ -79,7 +79,10 @@ def test_seeds_come_from_the_config_and_are_validated():
 
 def test_mean_and_sample_std():
   mean, std = evaluate.mean_std([0.5, 0.6, 0.7])
+  # By hand: deviations -0.1, 0, 0.1; sample variance (0.01 + 0 + 0.01) / (3 - 1) = 0.01.
   assert mean == pytest.approx(0.6) and std == pytest.approx(0.1)  # ddof=1
+  mean, std = evaluate.mean_std([0.2, 0.8])
+  assert mean == pytest.approx(0.5) and std == pytest.approx(0.3 * 2**0.5)  # not 0.3 (ddof=0)
   assert evaluate.mean_std([0.4]) == (0.4, 0.0)
 
 
@@ -90,20 +93,34 @@ def test_epochs_for_steps_gives_every_set_the_same_work():
 
 
 def test_ensemble_label_fn_is_the_mean_of_the_teachers_logits(teachers, small_set):
-  instances, soft, _ = synthetic.materialize(small_set)
+  instances, _, _ = synthetic.materialize(small_set)
   labeller = evaluate.ensemble_label_fn(teachers)
   got = np.asarray(jax.jit(labeller.fn)(labeller.variables, instances))
-  chex.assert_trees_all_close(got, soft, atol=1e-5, rtol=1e-5)
+  # Each teacher applied by Flax directly, in inference mode, and averaged here.
+  a, b = (np.asarray(t.model.apply(t.variables, instances, train=False)) for t in teachers)
+  chex.assert_trees_all_close(got, (a + b) / 2, atol=1e-5, rtol=1e-5)
+
+
+def _final_losses(lines):
+  """The training loss of each student's last progress line (``... loss 1.2345 ...``)."""
+  losses = [line.split(" loss ")[1].split()[0] for line in lines if " loss " in line]
+  return [float(x) for x in losses]
 
 
 def test_seeds_are_reproducible_and_distinct(small_set, digits):
-  cfg = scfg()
-  a = evaluate.evaluate_set(cfg, small_set, digits, seeds=[0, 1], log=lambda _: None)
-  b = evaluate.evaluate_set(cfg, small_set, digits, seeds=[0], log=lambda _: None)
+  cfg = scfg(temperature=1.0)  # at T=30 the printed losses (4 decimals) are all 0.0000
+  lines_a, lines_b = [], []
+  a = evaluate.evaluate_set(cfg, small_set, digits, seeds=[0, 1], log=lines_a.append)
+  b = evaluate.evaluate_set(cfg, small_set, digits, seeds=[0], log=lines_b.append)
   assert a["seeds"] == [0, 1] and len(a["final_top1"]) == 2
   assert a["final_top1"][0] == b["final_top1"][0]  # same seed, same result
-  mean, std = evaluate.mean_std(a["final_top1"])
-  assert a["final_top1_mean"] == mean and a["final_top1_std"] == std
+  # Distinct seeds train distinct students: their final losses differ (seed 0 repeats).
+  (loss_a0, loss_a1), (loss_b0,) = _final_losses(lines_a), _final_losses(lines_b)
+  assert loss_a0 == loss_b0 and loss_a0 != loss_a1
+  finals = np.asarray(a["final_top1"], np.float64)
+  assert a["final_top1_mean"] == pytest.approx((finals[0] + finals[1]) / 2)
+  # Sample std of two values: |x0 - x1| / sqrt(2).
+  assert a["final_top1_std"] == pytest.approx(abs(finals[0] - finals[1]) / np.sqrt(2))
   assert a["best_top1"] is None  # not tracked unless eval_every_epochs > 0
   assert a["steps"] == 3 * (60 // 16)
 
@@ -121,10 +138,10 @@ def test_dynamic_labels_train_from_the_teachers_online(small_set, digits, teache
   dyn = evaluate.evaluate_set(
     scfg(), small_set, digits, seeds=[0], labels="dynamic", teachers=teachers, log=lines.append
   )
-  static = evaluate.evaluate_set(scfg(), small_set, digits, seeds=[0], log=lambda _: None)
   assert any("instances, dynamic labels" in line for line in lines)  # the student's own line
   assert dyn["labels"] == "dynamic" and 0.0 <= dyn["final_top1"][0] <= 1.0
-  assert static["labels"] == "static" and dyn["steps"] == static["steps"]
+  # The epochs as given (the caller divides them by M + 1): 3 x (60 // 16) steps, as static.
+  assert dyn["epochs"] == 3 and dyn["steps"] == 3 * (60 // 16)
   with pytest.raises(InputError, match="need the teachers"):
     evaluate.evaluate_set(scfg(), small_set, digits, seeds=[0], labels="dynamic")
 
@@ -142,9 +159,19 @@ def test_hard_labels_and_a_set_without_soft_labels(small_set, digits):
 def test_budget_counts_teachers_only_for_dynamic_labels(small_set, digits, teachers):
   plain = evaluate.budget(small_set, digits.info)
   dyn = evaluate.budget(small_set, digits.info, teachers)
-  weights = sum(np.asarray(x).nbytes for t in teachers for x in jax.tree.leaves(t.variables))
+  # Counted by hand (10 classes, 8x8x3 inputs), parameters + BatchNorm running mean and var:
+  # convnet_tiny: conv 3*3*3*8+8, BN 2*8, conv 3*3*8*8+8, BN 2*8, fc (2*2*8)*10+10 = 1170
+  #   params, 2 BN x 2 x 8 = 32 statistics;
+  # resnet_tiny: stem conv 3*3*3*8, BN 2*8; block 1: 2 x (3*3*8*8 + BN 2*8); block 2:
+  #   3*3*8*16 + 2*16 + 3*3*16*16 + 2*16 + shortcut 8*16 + 2*16; fc 16*10+10 = 5266 params,
+  #   (8 + 2*8 + 3*16) * 2 = 144 statistics. float32: 4 bytes each.
+  weights = 4 * (1170 + 32 + 5266 + 144)
   assert plain["teachers"] == 0 and dyn["teachers"] == weights
   assert dyn["total"] == plain["total"] + weights
+  # K=2, M=2, C=10, 8x8x3: uint8 images, float32 compensators and [K, M+1, C, 10] labels.
+  assert plain["images"] == 2 * 10 * 8 * 8 * 3
+  assert plain["compensators"] == 2 * 2 * 8 * 8 * 3 * 4
+  assert plain["labels"] == 2 * 3 * 10 * 10 * 4
   assert plain["total"] == plain["images"] + plain["compensators"] + plain["labels"]
   assert plain["compression_ratio"] == pytest.approx(plain["total"] / (1438 * 8 * 8 * 3))
 

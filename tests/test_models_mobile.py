@@ -18,6 +18,7 @@ from flax import traverse_util
 from infer_jax import convert
 from infer_jax.models import create_model, list_models
 from infer_jax.models.efficientnet import CifarBlock, EfficientNet, MBConv, drop_connect
+from tests.conftest import TORCH_HOW, require_module
 
 # Parameter counts (BN scale/bias included, running statistics excluded) of the
 # reference architectures. Obtained by counting the PyTorch modules in
@@ -121,7 +122,7 @@ def test_param_counts_match_reference(name, stem, num_classes, expected):
 
 @pytest.mark.parametrize("name,stem,num_classes,expected", REFERENCE_COUNTS)
 def test_torch_reference_counts(name, stem, num_classes, expected):
-  pytest.importorskip("torch")
+  require_module("torch", TORCH_HOW)
   refs = _load_torch_refs()
   assert refs.count_params(refs.build(name, num_classes, stem)) == expected
 
@@ -134,7 +135,7 @@ def test_converted_torch_reference_gives_same_logits(name, stem):
   The full-width networks are checked in tests/test_convert.py (logits, BN statistics,
   recover loss and its input gradient).
   """
-  torch = pytest.importorskip("torch")
+  torch = require_module("torch", TORCH_HOW)
   refs = _load_torch_refs()
   torch.manual_seed(0)
   ref = refs.build(name, 10, stem)

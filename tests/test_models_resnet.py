@@ -14,6 +14,7 @@ import pytest
 
 from infer_jax.models import create_model
 from infer_jax.runtime.errors import InputError
+from tests.conftest import TORCH_HOW, require_module
 
 # Reference parameter counts (trainable parameters: conv/linear weights and biases plus BN
 # scale/bias; running statistics are buffers in PyTorch and `batch_stats` in Flax).
@@ -81,7 +82,7 @@ def _load_torch_refs():
 
 @pytest.mark.parametrize(("name", "stem", "num_classes", "expected"), REFERENCE_COUNTS)
 def test_torch_reference_counts(name, stem, num_classes, expected):
-  pytest.importorskip("torch")
+  require_module("torch", TORCH_HOW)
   refs = _load_torch_refs()
   assert refs.count_params(refs.build(name, num_classes, stem)) == expected
 

@@ -20,6 +20,7 @@ from flax import traverse_util
 from infer_jax import convert
 from infer_jax.models import create_model
 from infer_jax.models.shufflenet import avg_pool_3x3_s2, channel_shuffle
+from tests.conftest import TORCH_HOW, require_module
 
 # Parameter counts (BN scale/bias included, running statistics not) of the reference
 # architectures, measured by running `python tests/torch_refs/shufflenet.py` with torch
@@ -66,7 +67,7 @@ def test_param_count_matches_reference(name, stem, num_classes, side, expected):
 
 @pytest.mark.parametrize(("name", "stem", "num_classes", "side", "expected"), REFERENCE_COUNTS)
 def test_param_count_matches_live_torch_reference(name, stem, num_classes, side, expected):
-  pytest.importorskip("torch")
+  require_module("torch", TORCH_HOW)
   refs = _torch_refs()
   if name.startswith("shufflenetv2"):
     ref = getattr(refs, name)(num_classes, stem=stem)
@@ -86,7 +87,7 @@ def test_param_count_matches_live_torch_reference(name, stem, num_classes, side,
 def test_logits_match_torch_reference(name, stem, side):
   # Catches shuffle-order, padding and pooling mistakes that parameter counts cannot see;
   # odd input sides exercise the ceil-mode sizes of the padded pools.
-  torch = pytest.importorskip("torch")
+  torch = require_module("torch", TORCH_HOW)
   refs = _torch_refs()
   torch.manual_seed(0)
   ref = (

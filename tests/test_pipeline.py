@@ -11,6 +11,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from infer_jax.data import pipeline
 from infer_jax.runtime.errors import InputError
+from tests.conftest import require
 
 
 @dataclasses.dataclass
@@ -282,7 +283,11 @@ def test_batches_are_sharded_over_all_devices():
     shapes = {s.data.shape[0] for s in b[k].addressable_shards}
     assert shapes == {2}, shapes
   if n_dev == 1:
-    pytest.skip("multi-device assertions need XLA_FLAGS=--xla_force_host_platform_device_count")
+    require(
+      "several devices",
+      "multi-device assertions need XLA_FLAGS=--xla_force_host_platform_device_count=8 "
+      "(tests/conftest.py sets it unless JAX was initialised before)",
+    )
   assert b["image"].sharding.spec == PartitionSpec("data")
 
 
@@ -294,7 +299,7 @@ def test_batch_size_errors():
     pipeline.train_iterator(src, batch_size=8, seed=0, num_epochs=1, augment="bogus")
   n_dev = len(jax.devices())
   if n_dev == 1:
-    pytest.skip("divisibility by devices needs several devices")
+    require("several devices", "divisibility by devices needs XLA_FLAGS as in tests/conftest.py")
   with pytest.raises(InputError, match=f"multiple of {n_dev}"):
     pipeline.train_iterator(
       src, batch_size=n_dev + 1, seed=0, num_epochs=1, sharding=_data_sharding()

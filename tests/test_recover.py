@@ -85,9 +85,16 @@ def teacher():
     jax.random.key(0, impl="rbg")
   )
   rng = np.random.default_rng(0)
-  stats = jax.tree.map(
-    lambda a: jnp.asarray(rng.uniform(0.5, 1.5, a.shape), jnp.float32), v["batch_stats"]
-  )
+
+  # Non-trivial running statistics: means around 0 (means around 1 would silence every ReLU
+  # and leave the logits, and so the cross-entropy's gradient, at exactly 0), variances
+  # in [0.5, 1.5].
+  def draw(path, a):
+    if path[-1].key == "mean":
+      return jnp.asarray(rng.normal(0, 0.2, a.shape), jnp.float32)
+    return jnp.asarray(rng.uniform(0.5, 1.5, a.shape), jnp.float32)
+
+  stats = jax.tree_util.tree_map_with_path(draw, v["batch_stats"])
   meta = checkpoint.teacher_metadata(
     architecture="resnet_tiny",
     stem="cifar",
@@ -190,21 +197,25 @@ def test_sharded_over_8_devices_equals_one_device(teacher):
 def test_class_specific_parameterisation(teacher):
   k = 2
   cfg = recover.RecoverConfig(
-    iterations=6, lr=0.1, parameterisation="class_specific", checkpoint_every=0, log_every=0
+    iterations=3,
+    lr=0.1,
+    parameterisation="class_specific",
+    augment="none",
+    checkpoint_every=0,
+    log_every=0,
   )
   init = recover.init_params(cfg, k, C, SHAPE, teacher_index=1)
   chex.assert_shape(init, (k, C, *SHAPE))
   assert abs(init.std() - 1.0) < 0.1  # noise initialisation
-  out = recover.recover_teacher(
-    teacher,
-    np.zeros((k, C, *SHAPE), np.float32),
-    np.tile(np.arange(C), (k, 1)),
-    cfg,
-    teacher_index=1,
-    log=lambda s: None,
-  )
+  np.testing.assert_array_equal(
+    init, np.random.default_rng([0, 1]).standard_normal((k, C, *SHAPE)).astype(np.float32)
+  )  # seeded by (seed, teacher index)
+  base, labels = np.zeros((k, C, *SHAPE), np.float32), np.tile(np.arange(C), (k, 1))
+  out = recover.recover_teacher(teacher, base, labels, cfg, teacher_index=1, log=lambda s: None)
   chex.assert_shape(out, (k, C, *SHAPE))
-  assert not np.allclose(out, init)
+  # One free image per class, optimised from the noise like a compensator from zero.
+  expected = _hand_recover(teacher, base, labels, lr=0.1, iterations=3, init=init)
+  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
   compensator = recover.init_params(recover.RecoverConfig(), k, C, SHAPE, 0)
   chex.assert_shape(compensator, (k, 1, *SHAPE))
   assert not compensator.any()
@@ -272,11 +283,109 @@ def test_non_finite_loss_is_an_error_and_nothing_is_saved(tmp_path, teacher):
 
 
 def test_static_labels_are_the_mean_of_teacher_logits(teacher):
-  other = checkpoint.Teacher(
-    teacher.model, jax.tree.map(lambda a: a * 1.1, teacher.variables), teacher.metadata
+  # Freshly initialised teachers: the fixture's random BN statistics silence every ReLU of
+  # resnet_tiny, so its logits are all 0 and a sum would pass for a mean.
+  model = teacher.model
+  one, other = (
+    checkpoint.Teacher(
+      model,
+      model.init(jax.random.key(seed, impl="rbg"), jnp.zeros((1, *SHAPE)), train=False),
+      teacher.metadata,
+    )
+    for seed in (1, 2)
   )
   x = np.random.default_rng(1).normal(size=(13, *SHAPE)).astype(np.float32)
-  labels = relabel.static_labels([teacher, other], x, batch_size=8)  # padded last batch
-  expected = (teacher.model.apply(teacher.variables, x) + other.model.apply(other.variables, x)) / 2
+  labels = relabel.static_labels([one, other], x, batch_size=8)  # padded last batch
+  a = np.asarray(model.apply(one.variables, x, train=False))
+  b = np.asarray(model.apply(other.variables, x, train=False))
+  assert np.abs(a).min() > 1e-3 and np.abs(b).min() > 1e-3 and np.abs(a - b).min() > 1e-3
   chex.assert_shape(labels, (13, C))
-  np.testing.assert_allclose(labels, expected, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(labels, (a + b) / 2, rtol=1e-4, atol=1e-5)
+
+
+def _hand_recover(teacher, base, labels, lr, iterations, shifts=None, init=None):
+  """Recover written out from ALGORITHM.md with the tested building blocks: per subset,
+  Adam(b1=0.5, b2=0.9) with lr cosine-decayed to 0 on ``teacher_loss(roll(x + u))``, the
+  first BatchNorm layer (resnet_tiny's stem 'bn1', named by hand) weighted 10, no clipping.
+  ``shifts[it][k]`` is the (dy, dx) roll of subset k at iteration it (None: no roll);
+  ``init[k]`` the initial parameters of subset k (None: one zero compensator)."""
+  tx = optax.adam(optax.cosine_decay_schedule(lr, iterations), b1=0.5, b2=0.9, eps=1e-8)
+
+  @jax.jit
+  def grad(u, x, y, shift):
+    def loss(u):
+      z = jnp.roll(x + u, shift, axis=(1, 2))
+      return bn_stats.teacher_loss(
+        teacher.model,
+        teacher.variables,
+        z,
+        y,
+        r_bn=1.0,
+        first_layer=("bn1",),
+        first_multiplier=10.0,
+      )[0]
+
+    return jax.grad(loss)(u)
+
+  out = []
+  for k in range(len(base)):
+    u = jnp.zeros((1, *SHAPE)) if init is None else jnp.asarray(init[k])
+    opt = tx.init(u)
+    for it in range(iterations):
+      shift = jnp.asarray((0, 0) if shifts is None else shifts[it][k], jnp.int32)
+      updates, opt = tx.update(grad(u, base[k], labels[k], shift), opt, u)
+      u = optax.apply_updates(u, updates)
+    out.append(np.asarray(u))
+  return np.stack(out)
+
+
+def test_recover_teacher_equals_recover_written_out_by_hand(teacher):
+  """The wired loop (first-layer choice, loss of x + u, optimiser, schedule) against a hand
+  loop. The learning rate is large enough that u leaves every pixel range: nothing may clip
+  the compensators during optimisation (only materialised instances are clipped)."""
+  base, labels = _problem(k=2)
+  cfg = recover.RecoverConfig(iterations=3, lr=3.0, augment="none", checkpoint_every=0, log_every=0)
+  got = recover.recover_teacher(teacher, base, labels, cfg, teacher_index=0, log=lambda s: None)
+  expected = _hand_recover(teacher, base, labels, lr=3.0, iterations=3)
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+  # Normalised pixels span 1 / std = 4 here: |u| > 4 is outside any clip bound.
+  assert np.abs(got).max() > 4.0
+
+
+def test_the_roll_moves_the_whole_instance_x_plus_u(teacher):
+  """subset_loss with the roll equals the loss of ``np.roll(x + u)`` for one of the
+  (jitter + 1)**2 shifts -- never of ``x + roll(u)`` -- and several shifts are realised."""
+  base, labels = _problem(k=1)
+  x = base[0]
+  u = np.random.default_rng(7).normal(0, 0.5, (1, *SHAPE)).astype(np.float32)
+  cfg = recover.RecoverConfig(augment="roll", jitter=1)
+
+  @jax.jit
+  def loss_of(z):
+    return bn_stats.teacher_loss(
+      teacher.model, teacher.variables, z, labels[0], r_bn=1.0, first_layer=("bn1",)
+    )[0]
+
+  wired = jax.jit(
+    lambda key: recover.subset_loss(
+      teacher.model, teacher.variables, u, x, labels[0], key, cfg, ("bn1",)
+    )[0]
+  )
+  shifts = [(dy, dx) for dy in range(2) for dx in range(2)]
+  whole = {s: float(loss_of(np.roll(x + u, s, axis=(1, 2)))) for s in shifts}
+  u_only = {s: float(loss_of(x + np.roll(u, s, axis=(1, 2)))) for s in shifts if s != (0, 0)}
+  realised = set()
+  for seed in range(8):
+    got = float(wired(jax.random.key(seed)))
+    matches = [s for s, v in whole.items() if abs(v - got) <= 1e-5 * abs(v)]
+    assert matches, f"key {seed}: loss {got} is not that of any roll of x + u: {whole}"
+    assert all(abs(v - got) > 1e-5 * abs(v) for v in u_only.values())
+    realised.add(matches[0])
+  assert len(realised) >= 3, realised
+
+
+def test_the_teacher_of_these_tests_has_live_logits(teacher):
+  # Otherwise the cross-entropy term of every recover test above has no gradient.
+  x = _problem(k=1)[0][0]
+  logits = np.asarray(teacher.model.apply(teacher.variables, x, train=False))
+  assert np.abs(logits).min() > 1e-3 and logits.std() > 0.01, logits

@@ -17,6 +17,7 @@ import chex
 import ml_collections
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from PIL import Image
 
 from infer_jax.data import sources, types
@@ -520,7 +521,6 @@ def tfds_dir(tmp_path_factory):
   ``infer_jax_test_gray`` (variable-size grayscale, train/validation).
   Returns (data_dir, {name: {split: (images, labels)}}).
   """
-  tfds = pytest.importorskip("tensorflow_datasets")
   data_dir = tmp_path_factory.mktemp("tfds")
   rng = np.random.default_rng(11)
   truth = {
