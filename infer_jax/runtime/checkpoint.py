@@ -17,6 +17,7 @@ a teacher of another architecture, dataset or class count is refused, not overwr
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from infer_jax import models
@@ -175,6 +177,30 @@ def teacher_metadata(
     "test_accuracy": None if test_accuracy is None else float(test_accuracy),
     "source": source,
     **extra,
+  }
+
+
+def variables_digest(variables: PyTree) -> str:
+  """sha256 (hex) over a teacher's variables: every leaf's path, dtype, shape and bytes.
+
+  Leaves are taken in sorted path order, so the digest depends only on the values, not on
+  how the tree was built or restored. Two teachers with the same digest label identically.
+  """
+  leaves = jax.tree_util.tree_flatten_with_path(variables)[0]
+  h = hashlib.sha256()
+  for path, leaf in sorted(leaves, key=lambda pl: jax.tree_util.keystr(pl[0])):
+    a = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
+    h.update(f"{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape};".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def teacher_identity(teacher: Teacher) -> dict[str, str]:
+  """What names one trained teacher exactly: architecture, dataset and variables' digest."""
+  return {
+    "architecture": teacher.metadata["architecture"],
+    "dataset": teacher.metadata["dataset"],
+    "digest": variables_digest(teacher.variables),
   }
 
 

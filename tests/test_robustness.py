@@ -1,0 +1,216 @@
+"""Faults a user can meet: each gets a clear error with the fix, and no saved work changes.
+
+Every test that makes a run fail also checks that the checkpoints, sets and summaries that
+existed before the failure are byte-for-byte unchanged afterwards (docs/robustness.md lists
+every fault and the test that checks it).
+"""
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from infer_jax import baselines, evaluate, squeeze, synthetic
+from infer_jax.data import sources
+from infer_jax.runtime import checkpoint
+from infer_jax.runtime.errors import InputError
+from tests.test_squeeze import REPO, tiny_config
+
+TEACHERS = "resnet_tiny,convnet_tiny"
+
+
+def snapshot(root) -> dict[str, tuple[int, str]]:
+  """Every file under ``root``: (mtime in ns, sha256 of its bytes)."""
+  out = {}
+  for dirpath, _, files in os.walk(root):
+    for name in files:
+      path = os.path.join(dirpath, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, root)] = (
+          os.stat(path).st_mtime_ns,
+          hashlib.sha256(f.read()).hexdigest(),
+        )
+  return out
+
+
+def cli(module, *args, timeout=300, env=None):
+  return subprocess.run(
+    [sys.executable, "-m", f"infer_jax.{module}", *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    env=env,
+  )
+
+
+def config(workdir, teachers=TEACHERS, epochs=1, **overrides):
+  c = tiny_config(workdir, teachers=teachers, epochs=epochs, **overrides)
+  c.student.epochs = 2
+  c.evaluate.seeds = 1
+  return c
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+  """A workdir whose two teachers trained one epoch, and a set they made and labelled."""
+  work = tmp_path_factory.mktemp("made")
+  c = config(work)
+  dataset = sources.load_from_config(c.data)
+  squeeze.squeeze(c, dataset)
+  teachers = squeeze.load_teachers(c, dataset)
+  s = baselines.build_random_set(c, dataset, teachers)
+  path = str(work / "synthetic" / "random.npz")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  synthetic.save(path, s)
+  return work, path, dataset
+
+
+# ------------------------------------------------------------- silently wrong cases
+
+
+def test_set_records_its_teachers_identity(made):
+  work, path, _ = made
+  s = synthetic.load(path)
+  recorded = s.metadata["teacher_identities"]
+  assert [t["architecture"] for t in recorded] == ["resnet_tiny", "convnet_tiny"]
+  for rec in recorded:
+    t = checkpoint.load_teacher(str(work / "teachers" / rec["architecture"]))
+    # The digest is an independent sha256 over the variables, leaves in sorted path order.
+    import jax
+
+    leaves = sorted(
+      jax.tree_util.tree_flatten_with_path(t.variables)[0],
+      key=lambda pl: jax.tree_util.keystr(pl[0]),
+    )
+    h = hashlib.sha256()
+    for p, leaf in leaves:
+      import numpy as np
+
+      a = np.asarray(leaf)
+      h.update(f"{jax.tree_util.keystr(p)}|{a.dtype.str}|{a.shape};".encode())
+      h.update(a.tobytes())
+    assert rec == {
+      "architecture": t.metadata["architecture"],
+      "dataset": "digits",
+      "digest": h.hexdigest(),
+    }
+
+
+def test_dynamic_labels_refuse_a_different_teacher_list(made, tmp_path):
+  work, path, _ = made
+  before = snapshot(work)
+  c = config(work, teachers="resnet_tiny")
+  c.evaluate.set = path
+  c.evaluate.labels = "dynamic"
+  c.evaluate.out = str(tmp_path / "out.json")
+  with pytest.raises(InputError) as e:
+    evaluate.main(c)
+  msg = str(e.value)
+  assert "resnet_tiny,convnet_tiny" in msg and "this run's teachers are resnet_tiny." in msg
+  assert "--config.teachers=resnet_tiny,convnet_tiny" in msg
+  assert not os.path.exists(tmp_path / "out.json")
+  assert snapshot(work) == before  # in particular no new teacher was trained
+
+
+def test_dynamic_labels_refuse_other_teachers_of_the_same_architectures(made, tmp_path):
+  work, path, _ = made
+  other = tmp_path / "other"
+  c = config(other)
+  c.seed = 7  # other weights, same architectures and dataset
+  squeeze.squeeze(c)
+  before, before_other = snapshot(work), snapshot(other)
+  c.evaluate.set = path
+  c.evaluate.labels = "dynamic"
+  with pytest.raises(InputError) as e:
+    evaluate.main(c)
+  msg = str(e.value)
+  assert "is not the one that made the set" in msg and "digest" in msg
+  assert "resnet_tiny on digits" in msg and "--config.workdir" in msg
+  assert snapshot(work) == before and snapshot(other) == before_other
+
+
+def test_dynamic_labels_refuse_missing_teachers_instead_of_training(made, tmp_path):
+  _, path, _ = made
+  c = config(tmp_path / "empty")
+  c.evaluate.set = path
+  c.evaluate.labels = "dynamic"
+  with pytest.raises(InputError, match="is not in .*must come from the set's own teachers"):
+    evaluate.main(c)
+  assert not os.path.exists(tmp_path / "empty" / "teachers")
+
+
+def test_dynamic_labels_record_which_teachers_labelled(made, tmp_path):
+  import json
+
+  work, path, _ = made
+  c = config(work)
+  c.evaluate.set = path
+  c.evaluate.labels = "dynamic"
+  c.evaluate.out = str(tmp_path / "dyn.json")
+  evaluate.main(c)
+  with open(tmp_path / "dyn.json") as f:
+    out = json.load(f)
+  assert out["labelled_by"] == synthetic.load(path).metadata["teacher_identities"]
+
+
+def test_a_set_without_recorded_teachers_is_refused_for_dynamic_labels(made, tmp_path):
+  work, path, _ = made
+  s = synthetic.load(path)
+  meta = {k: v for k, v in s.metadata.items() if k != "teacher_identities"}
+  old = str(tmp_path / "old.npz")
+  synthetic.save(old, dataclasses.replace(s, metadata=meta))
+  before = snapshot(tmp_path)
+  c = config(work)
+  c.evaluate.set = old
+  c.evaluate.labels = "dynamic"
+  with pytest.raises(InputError) as e:
+    evaluate.main(c)
+  assert "does not record which teachers made it" in str(e.value)
+  assert "--config.evaluate.labels=static" in str(e.value)
+  assert snapshot(tmp_path) == before
+
+
+def test_a_changed_teacher_recipe_is_refused(made):
+  work, _, dataset = made
+  before = snapshot(work)
+  c = config(work, epochs=3)
+  with pytest.raises(InputError) as e:
+    squeeze.squeeze(c, dataset)
+  msg = str(e.value)
+  assert "config.squeeze.epochs: teacher has 1, this run asks for 3" in msg
+  assert "fresh --config.workdir" in msg and "--config.teachers_dir" in msg
+  # Bookkeeping fields (logging, checkpoint cadence) may change freely.
+  c = config(work, checkpoint_every_steps=7, log_every_steps=3)
+  squeeze.squeeze(c, dataset)
+  assert snapshot(work) == before
+
+
+def test_a_changed_recipe_is_refused_when_resuming_a_training_checkpoint(tmp_path):
+  c = config(tmp_path, teachers="resnet_tiny", epochs=2, checkpoint_every_steps=10)
+  d = str(tmp_path / "teachers" / "resnet_tiny")
+  dataset = sources.load_from_config(c.data)
+  identity = squeeze.teacher_identities(c, dataset.info)["resnet_tiny"]
+  sq = squeeze.SqueezeConfig.from_config(c.squeeze)
+  from infer_jax.runtime import train
+
+  # Leave a training checkpoint behind as a killed run would.
+  ckpt = checkpoint.TrainCheckpointer(os.path.join(d, "train"))
+  model = checkpoint.build_teacher_model(identity)
+  tx = train.sgd_optimizer(lr=0.1, momentum=0.9, nesterov=False, weight_decay=0, total_steps=10)
+  import jax
+
+  state = train.create_train_state(
+    model, tx, jax.random.key(0, impl="rbg"), dataset.info.image_shape, train.data_mesh()
+  )
+  ckpt.save(10, state, {"step": 0}, dict(identity, recipe=squeeze.recipe_fingerprint(sq)))
+  ckpt.close()
+  before = snapshot(tmp_path)
+  with pytest.raises(InputError, match="config.squeeze.lr: teacher has 0.1, this run asks for 0.5"):
+    squeeze.squeeze(config(tmp_path, teachers="resnet_tiny", epochs=2, lr=0.5), dataset)
+  assert snapshot(tmp_path) == before
+  shutil.rmtree(d)
