@@ -30,7 +30,7 @@ import numpy as np
 
 from infer_jax import synthetic
 from infer_jax.runtime import atomic, config_lib
-from infer_jax.runtime.errors import InputError
+from infer_jax.runtime.errors import InputError, guarded
 
 # Methods compared against INFER in the generated statements, by row key.
 _BASELINES = ("random_hard", "random", "infer_wo_ufc", "sre2l")
@@ -387,13 +387,17 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--out", default="docs/results.md", help="the Markdown file to write")
   parser.add_argument("--preamble", default="", help="a Markdown file inserted after the title")
   args = parser.parse_args(argv)
-  try:
-    info = write_report(args.results, args.out)
+  done = {}
+
+  def job() -> None:
+    done["info"] = write_report(args.results, args.out)
     if args.preamble:
       _insert_preamble(args.out, args.preamble)
-  except InputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+
+  status = guarded(job)  # one line, not a traceback, for bad input or a refused write
+  if status:
+    return status
+  info = done["info"]
   print(f"wrote {info['markdown']} and {len(info['figures'])} figure(s)")
   return 0
 

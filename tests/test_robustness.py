@@ -214,3 +214,166 @@ def test_a_changed_recipe_is_refused_when_resuming_a_training_checkpoint(tmp_pat
     squeeze.squeeze(config(tmp_path, teachers="resnet_tiny", epochs=2, lr=0.5), dataset)
   assert snapshot(tmp_path) == before
   shutil.rmtree(d)
+
+
+# ------------------------------------------------------------------ the workdir lock
+
+
+def _squeeze_args(work, *extra):
+  return [
+    "--config=configs/tiny.py",
+    f"--config.workdir={work}",
+    "--config.teachers=resnet_tiny",
+    "--config.squeeze.log_every_steps=1000",
+    *extra,
+  ]
+
+
+def _wait_for(path, proc, timeout=240):
+  import time
+
+  t = time.time()
+  while not os.path.exists(path):
+    assert proc.poll() is None, proc.communicate()
+    assert time.time() - t < timeout
+    time.sleep(0.2)
+
+
+def test_workdir_lock_with_real_processes(tmp_path):
+  import json
+  import signal
+
+  from infer_jax.runtime import lock
+
+  work = tmp_path / "w"
+  lock_path = work / lock.LOCK_NAME
+  args = _squeeze_args(
+    work, "--config.squeeze.epochs=200", "--config.squeeze.checkpoint_every_steps=20"
+  )
+  cmd = [sys.executable, "-m", "infer_jax.squeeze", *args]
+  first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    _wait_for(lock_path, first)
+    holder = json.loads(lock_path.read_text())
+    assert holder["pid"] == first.pid and holder["host"] and holder["started"]
+    # A second run on the same workdir is refused, naming who holds it.
+    second = cli("squeeze", *args)
+    assert second.returncode == 2, second.stderr
+    assert f"is in use by process {first.pid} on " in second.stderr
+    assert "Traceback" not in second.stderr and len(second.stderr.strip().splitlines()) == 1
+    # Ctrl-C: one line, exit status 130, lock released.
+    _wait_for(work / "teachers" / "resnet_tiny" / "train" / "20", first)
+    first.send_signal(signal.SIGINT)
+    _, err = first.communicate(timeout=120)
+  finally:
+    if first.poll() is None:
+      first.kill()
+  assert first.returncode == 130, err
+  assert "interrupted" in err and "rerun the same command to resume" in err
+  assert "Traceback" not in err
+  assert not lock_path.exists()
+
+  # A run killed with SIGKILL leaves its lock behind: the next run says so and replaces it.
+  third = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    _wait_for(lock_path, third)
+  finally:
+    third.kill()
+    third.communicate()
+  assert json.loads(lock_path.read_text())["pid"] == third.pid
+  before = snapshot(work / "teachers")
+  # An unknown teacher fails fast after the lock is taken: enough to see the stale lock go.
+  fourth = cli("squeeze", *_squeeze_args(work, "--config.teachers=no_such_net"))
+  assert fourth.returncode == 2
+  assert f"was left by process {third.pid}" in fourth.stderr
+  assert "replacing that stale lock" in fourth.stderr
+  assert not lock_path.exists()
+  assert snapshot(work / "teachers") == before
+
+
+def test_lock_held_on_another_host_is_not_taken(tmp_path):
+  import json
+
+  from infer_jax.runtime import lock
+
+  (tmp_path / lock.LOCK_NAME).write_text(
+    json.dumps({"pid": 1, "host": "elsewhere", "started": "2026-01-01T00:00:00+00:00"})
+  )
+  with pytest.raises(InputError, match="process 1 on elsewhere.*another host.*delete"):
+    lock.WorkdirLock(str(tmp_path)).acquire()
+
+
+# ------------------------------------------------------- one-line errors with the fix
+
+
+def test_workdir_that_is_a_file(tmp_path):
+  f = tmp_path / "file"
+  f.write_text("keep me")
+  r = cli("squeeze", *_squeeze_args(f))
+  assert r.returncode == 2 and "is a file, not a folder" in r.stderr
+  assert "Traceback" not in r.stderr and f.read_text() == "keep me"
+
+
+def test_workdir_that_is_read_only(tmp_path, monkeypatch):
+  from infer_jax.runtime import cli as cli_lib
+
+  real = os.access
+  monkeypatch.setattr(os, "access", lambda p, m: False if str(p) == str(tmp_path) else real(p, m))
+  with pytest.raises(InputError, match="is not writable .* Pass a folder you can write to"):
+    cli_lib.check_writable_dir(str(tmp_path / "w"), "--config.workdir")
+
+
+@pytest.mark.parametrize("err", ["ENOSPC", "EROFS", "EACCES"])
+def test_a_refused_write_is_one_line_naming_the_file(made, tmp_path, capsys, monkeypatch, err):
+  import errno
+
+  from infer_jax.runtime import atomic
+  from infer_jax.runtime.errors import guarded
+
+  work, _, _ = made
+  before = snapshot(work)
+
+  def refuse(fd):
+    raise OSError(getattr(errno, err), os.strerror(getattr(errno, err)))
+
+  # The data reach the disk at fsync, where a full disk (or a remote file system) reports it.
+  monkeypatch.setattr(os, "fsync", refuse)
+  status = guarded(lambda: atomic.write_json(str(work / "summary.json"), {"rows": []}))
+  monkeypatch.undo()
+  out = capsys.readouterr().err.strip()
+  assert status == 1 and len(out.splitlines()) == 1
+  assert f"could not write {work / 'summary.json'}" in out
+  assert "Work finished before this point is intact" in out
+  assert snapshot(work) == before and not os.path.exists(work / "summary.json")
+
+
+def test_export_and_report_into_a_read_only_place(made, tmp_path, capsys, monkeypatch):
+  import errno
+
+  from infer_jax import export, report
+
+  work, path, _ = made
+  real_makedirs = os.makedirs
+
+  def read_only(p, *a, **k):
+    if str(p).startswith(str(tmp_path / "ro")):
+      raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(p))
+    return real_makedirs(p, *a, **k)
+
+  monkeypatch.setattr(os, "makedirs", read_only)
+  assert export.main([path, str(tmp_path / "ro" / "png")]) == 1
+  err = capsys.readouterr().err
+  assert "the file system is read-only" in err and str(tmp_path / "ro") in err
+  assert "Traceback" not in err
+  summary = os.path.join(REPO, "docs", "results", "cifar10_cpu_ipc10.json")
+  assert report.main([summary, "--out", str(tmp_path / "ro" / "r.md")]) == 1
+  err = capsys.readouterr().err
+  assert "the file system is read-only" in err and "Traceback" not in err
+
+
+def test_config_file_with_a_syntax_error(tmp_path):
+  bad = tmp_path / "bad.py"
+  bad.write_text("def get_config(:\n  pass\n")
+  r = cli("squeeze", f"--config={bad}")
+  assert r.returncode == 2 and "has a syntax error at line 1" in r.stderr
+  assert "Traceback" not in r.stderr
