@@ -275,7 +275,12 @@ def set_teachers(
 
 
 def format_top1(result: dict[str, Any]) -> str:
-  """``'86.91 ± 0.42'`` (percent, final epoch, mean ± sample std over seeds)."""
+  """``'86.91 ± 0.42'`` (percent, final epoch, mean ± sample std over seeds).
+
+  One seed has no spread: it prints ``'86.91 (n = 1)'``.
+  """
+  if len(result.get("final_top1") or [None, None]) == 1:
+    return f"{100 * result['final_top1_mean']:.2f} (n = 1)"
   return f"{100 * result['final_top1_mean']:.2f} ± {100 * result['final_top1_std']:.2f}"
 
 

@@ -377,3 +377,137 @@ def test_config_file_with_a_syntax_error(tmp_path):
   r = cli("squeeze", f"--config={bad}")
   assert r.returncode == 2 and "has a syntax error at line 1" in r.stderr
   assert "Traceback" not in r.stderr
+
+
+def test_teacher_checkpoint_with_files_missing(made, tmp_path):
+  work, _, dataset = made
+  copy = tmp_path / "w"
+  shutil.copytree(work / "teachers", copy / "teachers")
+  data = copy / "teachers" / "resnet_tiny" / "final" / "0" / "variables"
+  victim = sorted(p for p in data.rglob("*") if p.is_file() and p.parent.name == "d")[0]
+  victim.unlink()
+  before = snapshot(copy)
+  with pytest.raises(InputError) as e:
+    squeeze.load_teachers(config(copy), dataset)
+  msg = str(e.value)
+  assert "'resnet_tiny'" in msg and "incomplete or damaged" in msg
+  assert "Delete that folder to retrain the teacher" in msg
+  assert snapshot(copy) == before
+
+
+def _npz(path, x_train, y_train, names=("a", "b", "c")):
+  import numpy as np
+
+  x_test = x_train[:3]
+  np.savez(
+    path,
+    x_train=x_train,
+    y_train=y_train,
+    x_test=x_test,
+    y_test=y_train[:3],
+    label_names=np.array(names, dtype=str),
+  )
+  return str(path)
+
+
+def _images(n=12, shape=(8, 8, 3)):
+  import numpy as np
+
+  return np.random.default_rng(0).integers(0, 256, (n, *shape), dtype=np.uint8)
+
+
+def test_damaged_dataset_npz(tmp_path):
+  import numpy as np
+
+  path = _npz(tmp_path / "d.npz", _images(), np.arange(12) % 3)
+  with open(path, "rb") as f:
+    raw = bytearray(f.read())
+  raw[200] ^= 0xFF  # inside x_train's stored bytes: the member's CRC-32 no longer matches
+  with open(path, "wb") as f:
+    f.write(raw)
+  before = snapshot(tmp_path)
+  with pytest.raises(InputError, match="is damaged .*BadZipFile.*Copy or download the file again"):
+    sources.load_dataset("npz", path)
+  assert snapshot(tmp_path) == before
+  del np
+
+
+def test_a_class_without_training_images_is_refused_at_load(tmp_path):
+  import numpy as np
+
+  y = np.array([0, 1] * 6)  # class 2 ('c') has no training image
+  path = _npz(tmp_path / "d.npz", _images(), y)
+  with pytest.raises(InputError, match=r"1 of 3 classes have no training image: 2 \('c'\)"):
+    sources.load_dataset("npz", path)
+
+
+def test_float_images_in_unit_range_get_a_hint_that_works(tmp_path):
+  import numpy as np
+
+  x = _images().astype(np.float32) / 255
+  path = _npz(tmp_path / "f.npz", x, np.arange(12) % 3)
+  with pytest.raises(InputError) as e:
+    sources.load_dataset("npz", path)
+  assert "x = (x * 255).round().astype(np.uint8)" in str(e.value)
+  assert str(e.value).count("astype(np.uint8)") == 1  # no bare x.astype(np.uint8) that zeroes
+  fixed = (x * 255).round().astype(np.uint8)  # the hint, applied: the original pixels
+  np.testing.assert_array_equal(fixed, _images())
+
+
+def test_single_channel_images_get_a_hint_that_works(tmp_path):
+  import numpy as np
+
+  for shape in [(8, 8, 1), (8, 8)]:
+    x = _images(shape=shape)
+    path = _npz(tmp_path / "g.npz", x, np.arange(12) % 3)
+    with pytest.raises(InputError) as e:
+      sources.load_dataset("npz", path)
+    hint = "x = np.repeat(x.reshape(*x.shape[:3], 1), 3, axis=-1)"
+    assert hint in str(e.value)
+    x = np.repeat(x.reshape(*x.shape[:3], 1), 3, axis=-1)  # the hint, applied
+    ds = sources.load_dataset("npz", _npz(tmp_path / "g.npz", x, np.arange(12) % 3))
+    assert ds.info.image_shape == (8, 8, 3)
+
+
+def test_safetensors_hint_names_the_package_not_the_torch_extra(monkeypatch):
+  from infer_jax import convert
+
+  monkeypatch.setitem(sys.modules, "safetensors", None)  # import fails as if not installed
+  monkeypatch.setitem(sys.modules, "safetensors.numpy", None)
+  with pytest.raises(InputError) as e:
+    convert._load_safetensors("model.safetensors")
+  assert "pip install safetensors" in str(e.value) and "[torch]" not in str(e.value)
+
+
+def test_results_json_with_a_malformed_row(tmp_path, capsys):
+  import json
+
+  from infer_jax import report
+
+  with open(os.path.join(REPO, "docs", "results", "cifar10_cpu_ipc10.json")) as f:
+    summary = json.load(f)
+  del summary["rows"][1]["final_top1_mean"]
+  bad = tmp_path / "bad.json"
+  bad.write_text(json.dumps(summary))
+  out = tmp_path / "report.md"
+  out.write_text("previous report")
+  before = snapshot(tmp_path)
+  assert report.main([str(bad), "--out", str(out)]) == 2
+  err = capsys.readouterr().err
+  assert "row 1 (Random) lacks or has malformed final_top1_mean" in err
+  assert "--config.methods=random`" in err and "Traceback" not in err
+  assert snapshot(tmp_path) == before
+
+
+# ------------------------------------------------------------------ one seed, n = 1
+
+
+def test_one_seed_prints_the_value_with_n_1_not_a_zero_std():
+  from infer_jax import report
+
+  one = {"final_top1": [0.4567], "final_top1_mean": 0.4567, "final_top1_std": 0.0}
+  three = {"final_top1": [0.4, 0.5, 0.6], "final_top1_mean": 0.5, "final_top1_std": 0.1}
+  assert evaluate.format_top1(one) == "45.67 (n = 1)"
+  assert evaluate.format_top1(three) == "50.00 ± 10.00"
+  assert report._top1(one) == "45.67 (n = 1)"
+  assert report._top1(three) == "50.00 ± 10.00"

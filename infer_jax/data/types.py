@@ -345,6 +345,27 @@ def _triple(value: Any, what: str) -> tuple[float, float, float]:
   return t
 
 
+def _check_class_coverage(name: str, train: ImageSource, label_names: Sequence[str]) -> None:
+  """InputError if a class has no training image: caught at load, before any training.
+
+  Every stage needs every class in the training set (teachers learn it, each INFER subset
+  takes one real image of it), and no budget setting can make up for a missing class.
+  """
+  labels = getattr(train, "labels", None)
+  if labels is None:
+    return
+  counts = np.bincount(np.asarray(labels, np.int64), minlength=len(label_names))
+  empty = [c for c in range(len(label_names)) if counts[c] == 0]
+  if empty:
+    shown = ", ".join(f"{c} ({label_names[c]!r})" for c in empty[:10])
+    more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""
+    raise InputError(
+      f"Dataset {name!r}: {len(empty)} of {len(label_names)} classes have no training image: "
+      f"{shown}{more}. Add training images of those classes, or drop the classes (remove "
+      "their names and renumber the labels 0..C-1) before distilling."
+    )
+
+
 def make_dataset(
   name: str,
   train: ImageSource,
@@ -364,6 +385,7 @@ def make_dataset(
       f"Train images are {train.image_shape} but test images are {test.image_shape}; "
       "both splits must share one shape. Pass image_size to resize them to one size."
     )
+  _check_class_coverage(name, train, label_names)
   known = KNOWN_STATS.get(name)
   if mean is None or std is None:
     if known is not None:

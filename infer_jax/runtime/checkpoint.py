@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from typing import Any
@@ -229,9 +230,26 @@ def read_teacher_metadata(directory: str) -> dict:
       f"{_final_dir(directory)}/<step>). Train it with `python -m "
       "infer_jax.squeeze` or point the config at the right directory."
     )
-  with _manager(_final_dir(directory)) as mngr:
-    meta = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+  try:
+    with _manager(_final_dir(directory)) as mngr:
+      meta = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+  except Exception as e:  # Orbax and TensorStore raise many types for missing files
+    raise _damaged(directory, e) from e
   return dict(meta.meta)
+
+
+def _damaged(directory: str, e: BaseException) -> InputError:
+  """The error for a finished teacher whose checkpoint files are missing or unreadable."""
+  files = re.findall(r'local file "([^"]+)"', str(e))
+  if files:
+    detail = f"cannot read {files[-1]}"
+  else:
+    detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+  return InputError(
+    f"The teacher checkpoint {os.path.basename(os.path.abspath(directory))!r} in {directory} "
+    f"is incomplete or damaged (files missing or unreadable: {detail}). Delete that folder "
+    "to retrain the teacher (or convert it again), then rerun the same command."
+  )
 
 
 def check_teacher_metadata(
@@ -348,11 +366,15 @@ def load_teacher(
         mngr.latest_step(), args=ocp.args.Composite(variables=ocp.args.StandardRestore(target))
       )
   except (ValueError, KeyError, TypeError) as e:
+    if any(code in str(e) for code in ("NOT_FOUND", "DATA_LOSS", "OUT_OF_RANGE")):
+      raise _damaged(directory, e) from e  # TensorStore's codes for missing/short files
     raise InputError(
       f"The arrays of the teacher in {directory} do not fit the "
       f"{meta['architecture']} its metadata names ({e}); the checkpoint is "
       "corrupted or was edited. Retrain or re-convert it."
     ) from e
+  except Exception as e:  # TensorStore raises a bare Exception for a missing array file
+    raise _damaged(directory, e) from e
   return Teacher(model=model, variables=restored.variables, metadata=meta)
 
 
