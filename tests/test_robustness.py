@@ -438,7 +438,7 @@ def test_a_class_without_training_images_is_refused_at_load(tmp_path):
   y = np.array([0, 1] * 6)  # class 2 ('c') has no training image
   path = _npz(tmp_path / "d.npz", _images(), y)
   with pytest.raises(InputError, match=r"1 of 3 classes have no training image: 2 \('c'\)"):
-    sources.load_dataset("npz", path)
+    sources.load_from_config({"source": "npz", "path": path})
 
 
 def test_float_images_in_unit_range_get_a_hint_that_works(tmp_path):

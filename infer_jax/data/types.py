@@ -345,8 +345,13 @@ def _triple(value: Any, what: str) -> tuple[float, float, float]:
   return t
 
 
-def _check_class_coverage(name: str, train: ImageSource, label_names: Sequence[str]) -> None:
+def check_class_coverage(name: str, train: ImageSource, label_names: Sequence[str]) -> None:
   """InputError if a class has no training image: caught at load, before any training.
+
+  Args:
+    name: the dataset's name (for the message).
+    train: the training split (its ``labels``).
+    label_names: the C class names.
 
   Every stage needs every class in the training set (teachers learn it, each INFER subset
   takes one real image of it), and no budget setting can make up for a missing class.
@@ -385,7 +390,6 @@ def make_dataset(
       f"Train images are {train.image_shape} but test images are {test.image_shape}; "
       "both splits must share one shape. Pass image_size to resize them to one size."
     )
-  _check_class_coverage(name, train, label_names)
   known = KNOWN_STATS.get(name)
   if mean is None or std is None:
     if known is not None:
