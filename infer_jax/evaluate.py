@@ -12,6 +12,8 @@ scratch on the set once per evaluation seed (``config.evaluate.seeds`` seeds sta
   temperature (INFER).
 * ``dynamic``: the teacher ensemble labels every augmented, mixed batch online (INFER+Dyn);
   the epochs are divided by M + 1 to keep the work comparable (docs/algorithm.md, "Relabel").
+  The teachers must be the set's own (architecture, dataset and variables' digest, as the
+  set records them); they are loaded, never trained, and named in the result.
 * ``hard``: one-hot class labels, MixUp, cross-entropy.
 
 The figure to report (docs/protocol.md) is the final-epoch top-1, mean ± sample standard
