@@ -53,7 +53,7 @@ def write(path: str, fill: Callable[[IO[Any]], Any], *, binary: bool = True) -> 
     # Whatever failed (disk full, a kill signal turned into an exception), leave no tmp.
     if os.path.exists(tmp):
       os.remove(tmp)
-    if isinstance(e, OSError) and not e.filename:
+    if isinstance(e, OSError) and e.errno is not None and not e.filename:
       # A failed write() names no file; the user needs to know which one was refused.
       raise OSError(e.errno, e.strerror, path) from e
     raise
