@@ -175,7 +175,8 @@ def _load_safetensors(path: str) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
   except ImportError as e:
     raise InputError(
-      f"Reading safetensors checkpoints needs the safetensors package: {TORCH_EXTRA}."
+      "Reading safetensors checkpoints needs the safetensors package (not torch): "
+      "pip install safetensors."
     ) from e
   try:
     return load_file(path)

@@ -332,4 +332,4 @@ def main(config: ml_collections.ConfigDict) -> None:
 if __name__ == "__main__":
   from infer_jax.runtime import cli
 
-  cli.run(main)
+  cli.run(main, lock_workdir=True)

@@ -12,6 +12,8 @@ scratch on the set once per evaluation seed (``config.evaluate.seeds`` seeds sta
   temperature (INFER).
 * ``dynamic``: the teacher ensemble labels every augmented, mixed batch online (INFER+Dyn);
   the epochs are divided by M + 1 to keep the work comparable (docs/algorithm.md, "Relabel").
+  The teachers must be the set's own (architecture, dataset and variables' digest, as the
+  set records them); they are loaded, never trained, and named in the result.
 * ``hard``: one-hot class labels, MixUp, cross-entropy.
 
 The figure to report (docs/protocol.md) is the final-epoch top-1, mean ± sample standard
@@ -34,7 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from infer_jax import squeeze, student, synthetic
+from infer_jax import student, synthetic
 from infer_jax.core import subsets
 from infer_jax.data import sources, types
 from infer_jax.runtime import atomic, checkpoint, config_lib, distributed, provenance
@@ -212,8 +214,75 @@ def evaluate_set(
   }
 
 
+def set_teachers(
+  config: ml_collections.ConfigDict, s: synthetic.SyntheticSet, path: str, info: types.DatasetInfo
+) -> list[checkpoint.Teacher]:
+  """Loads the teachers that made ``s`` (for dynamic labels), refusing any other teachers.
+
+  The set records each teacher's architecture, dataset and variables' digest
+  (``metadata['teacher_identities']``); the run's teachers (``config.teachers`` in
+  ``config.teachers_dir`` or ``<workdir>/teachers``) must be exactly those. Nothing is
+  trained here: a missing teacher is an error, not a reason to train a new one.
+
+  Raises:
+    InputError: the set predates recorded identities, or the run's teachers differ.
+  """
+  recorded = s.metadata.get("teacher_identities")
+  if not recorded:
+    raise InputError(
+      f"The synthetic set {path} does not record which teachers made it (it was written by "
+      "an older version), so dynamic labels cannot be checked to come from its own "
+      "teachers. Delete the set and rerun `python -m infer_jax.distill` with the same "
+      "config and workdir (its teachers and recover checkpoints are reused; only the "
+      "relabel runs again), or evaluate it with --config.evaluate.labels=static."
+    )
+  names = config_lib.teacher_names(config)
+  wanted = [t["architecture"] for t in recorded]
+  fix = (
+    f"Run with --config.teachers={','.join(wanted)} and the --config.workdir (or "
+    "--config.teachers_dir) of the run that made the set."
+  )
+  if names != wanted:
+    raise InputError(
+      f"The synthetic set {path} was made by the teachers {','.join(wanted)}; this run's "
+      f"teachers are {','.join(names)}. Dynamic labels must come from the set's own "
+      f"teachers. {fix}"
+    )
+  teachers = []
+  for rec in recorded:
+    directory = config_lib.teacher_dir(config, rec["architecture"])
+    if not checkpoint.teacher_exists(directory):
+      raise InputError(
+        f"The set's teacher {rec['architecture']} is not in {directory}. Dynamic labels "
+        f"must come from the set's own teachers. {fix}"
+      )
+    t = checkpoint.load_teacher(
+      directory,
+      expected={
+        "num_classes": info.num_classes,
+        "image_shape": list(info.image_shape),
+        "dataset": info.name,
+      },
+    )
+    have = checkpoint.teacher_identity(t)
+    if have != rec:
+      raise InputError(
+        f"The teacher in {directory} ({have['architecture']} on {have['dataset']}, digest "
+        f"{have['digest'][:16]}) is not the one that made the set {path} "
+        f"({rec['architecture']} on {rec['dataset']}, digest {rec['digest'][:16]}). "
+        f"Dynamic labels must come from the set's own teachers. {fix}"
+      )
+    teachers.append(t)
+  return teachers
+
+
 def format_top1(result: dict[str, Any]) -> str:
-  """``'86.91 ± 0.42'`` (percent, final epoch, mean ± sample std over seeds)."""
+  """``'86.91 ± 0.42'`` (percent, final epoch, mean ± sample std over seeds).
+
+  One seed has no spread: it prints ``'86.91 (n = 1)'``.
+  """
+  if len(result.get("final_top1") or [None, None]) == 1:
+    return f"{100 * result['final_top1_mean']:.2f} (n = 1)"
   return f"{100 * result['final_top1_mean']:.2f} ± {100 * result['final_top1_std']:.2f}"
 
 
@@ -241,7 +310,7 @@ def main(config: ml_collections.ConfigDict) -> None:
   teachers = None
   scfg = student_config(config, info)
   if labels == "dynamic":
-    teachers = squeeze.load_teachers(config, dataset)
+    teachers = set_teachers(config, s, path, info)
     scfg = dataclasses.replace(scfg, epochs=dynamic_epochs(scfg.epochs, len(teachers)))
   result = evaluate_set(scfg, s, dataset, seeds=seeds(config), labels=labels, teachers=teachers)
   out = {
@@ -250,6 +319,8 @@ def main(config: ml_collections.ConfigDict) -> None:
     "dataset": info.to_dict(),
     "student": dataclasses.asdict(scfg),
     "bytes": budget(s, info, teachers),
+    # Which teachers labelled the batches (dynamic labels), as the set records them.
+    "labelled_by": [checkpoint.teacher_identity(t) for t in teachers] if teachers else None,
     "result": result,
     "hardware": provenance.hardware(),
     "command": provenance.command_line("infer_jax.evaluate"),

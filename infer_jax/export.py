@@ -43,7 +43,7 @@ import numpy as np
 
 from infer_jax import synthetic
 from infer_jax.runtime import atomic
-from infer_jax.runtime.errors import InputError
+from infer_jax.runtime.errors import InputError, guarded
 
 TORCH_FILES = {"images": "images.pt", "soft_labels": "labels.pt", "hard_labels": "hard_labels.pt"}
 
@@ -109,13 +109,17 @@ def main(argv: list[str] | None = None) -> int:
     help="also write images.pt, labels.pt and hard_labels.pt (needs the [torch] extra)",
   )
   args = parser.parse_args(argv)
-  try:
+  done = {}
+
+  def job() -> None:
     extra = torch_writer if args.torch else None
-    s = synthetic.load(args.synthetic_set)
-    info = export_png(s, args.out_dir, extra=None if extra is None else extra(s))
-  except InputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    done["s"] = s = synthetic.load(args.synthetic_set)
+    done["info"] = export_png(s, args.out_dir, extra=None if extra is None else extra(s))
+
+  status = guarded(job)  # one line, not a traceback, for bad input or a refused write
+  if status:
+    return status
+  s, info = done["s"], done["info"]
   what = " and PyTorch tensors" if args.torch else ""
   print(f"wrote {info.get('num_files', s.num_instances)} PNG instances{what} to {args.out_dir}")
   return 0

@@ -30,10 +30,40 @@ import numpy as np
 
 from infer_jax import synthetic
 from infer_jax.runtime import atomic, config_lib
-from infer_jax.runtime.errors import InputError
+from infer_jax.runtime.errors import InputError, guarded
 
 # Methods compared against INFER in the generated statements, by row key.
 _BASELINES = ("random_hard", "random", "infer_wo_ufc", "sre2l")
+
+
+# What every row of a summary needs for the report's tables and figures.
+_ROW_KEYS = {
+  "key": str,
+  "method": str,
+  "labels": str,
+  "final_top1_mean": (int, float),
+  "final_top1_std": (int, float),
+  "bytes": dict,
+  "seconds": list,
+}
+
+
+def _check_rows(path: str, rows: Any) -> None:
+  """InputError naming the first malformed row of a summary (an edited or truncated file)."""
+  if not isinstance(rows, list):
+    raise InputError(f"{path}: 'rows' is {type(rows).__name__}, not a list of result rows.")
+  for i, row in enumerate(rows):
+    if not isinstance(row, dict):
+      raise InputError(f"{path}: row {i} is {type(row).__name__}, not an object.")
+    bad = [k for k, kind in _ROW_KEYS.items() if k not in row or not isinstance(row[k], kind)] + [
+      k for k in ("total", "compression_ratio") if k not in row.get("bytes", {})
+    ]
+    if bad:
+      raise InputError(
+        f"{path}: row {i} ({row.get('method', row.get('key', '?'))}) lacks or has malformed "
+        f"{', '.join(bad)}. Restore the file as distill wrote it, or rerun "
+        f"`{row.get('command') or 'python -m infer_jax.distill ...'}` to recompute that row."
+      )
 
 
 def load_results(paths: Sequence[str]) -> list[dict[str, Any]]:
@@ -51,6 +81,7 @@ def load_results(paths: Sequence[str]) -> list[dict[str, Any]]:
         f"{path} is not a distill summary (missing {missing}); give the summary.json files "
         "written by python -m infer_jax.distill."
       )
+    _check_rows(path, summary["rows"])
     summary["_path"] = path
     out.append(summary)
   return out
@@ -61,6 +92,9 @@ def _pct(x: float | None) -> str:
 
 
 def _top1(row: dict[str, Any]) -> str:
+  n = len(row.get("final_top1") or row.get("seeds") or [None, None])
+  if n == 1:  # one seed has no spread: "± 0.00" would claim a measured std of zero
+    return f"{_pct(row['final_top1_mean'])} (n = 1)"
   return f"{_pct(row['final_top1_mean'])} ± {_pct(row['final_top1_std'])}"
 
 
@@ -387,13 +421,17 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--out", default="docs/results.md", help="the Markdown file to write")
   parser.add_argument("--preamble", default="", help="a Markdown file inserted after the title")
   args = parser.parse_args(argv)
-  try:
-    info = write_report(args.results, args.out)
+  done = {}
+
+  def job() -> None:
+    done["info"] = write_report(args.results, args.out)
     if args.preamble:
       _insert_preamble(args.out, args.preamble)
-  except InputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+
+  status = guarded(job)  # one line, not a traceback, for bad input or a refused write
+  if status:
+    return status
+  info = done["info"]
   print(f"wrote {info['markdown']} and {len(info['figures'])} figure(s)")
   return 0
 

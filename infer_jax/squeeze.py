@@ -106,6 +106,44 @@ def teacher_identities(
   return {name: expected_teacher(config, info, name) for name in config_lib.teacher_names(config)}
 
 
+# Recipe fields that change how a run is logged, checkpointed or scheduled, not the trained
+# teacher: a rerun may change them freely.
+RECIPE_BOOKKEEPING = (
+  "checkpoint_every_steps",
+  "log_every_steps",
+  "eval_batch_size",
+  "worker_count",
+)
+
+
+def recipe_fingerprint(sq: SqueezeConfig) -> dict[str, Any]:
+  """The fields of the recipe that decide the trained teacher, keys sorted (as recorded)."""
+  return {k: v for k, v in sorted(dataclasses.asdict(sq).items()) if k not in RECIPE_BOOKKEEPING}
+
+
+def check_recipe(found: dict[str, Any] | None, sq: SqueezeConfig, directory: str) -> None:
+  """Raises InputError if a stored teacher (or its training checkpoint) used another recipe.
+
+  ``found`` is the stored recipe (``None`` for a converted teacher, which has none and is
+  accepted as it is).
+  """
+  if found is None:
+    return
+  want = recipe_fingerprint(sq)
+  problems = [
+    f"{k}: teacher has {found.get(k, '<missing>')!r}, this run asks for {v!r}"
+    for k, v in want.items()
+    if k in found and found[k] != v
+  ]
+  if problems:
+    raise InputError(
+      f"The teacher in {directory} was trained with another recipe ("
+      + "; ".join(f"config.squeeze.{p}" for p in problems)
+      + "). Use a fresh --config.workdir (or point --config.teachers_dir at another directory) "
+      "to train teachers with this recipe, or drop the override to reuse these teachers."
+    )
+
+
 def accuracy_text(accuracy: float | None) -> str:
   """'93.12%', or 'unknown' for a teacher whose accuracy was not measured (a converted one)."""
   return "unknown" if accuracy is None else f"{100 * accuracy:.2f}%"
@@ -172,6 +210,7 @@ def train_teacher(
   if restored is not None:
     step, state, iter_state, meta = restored
     checkpoint.check_teacher_metadata(meta, identity, directory)
+    check_recipe(meta.get("recipe"), sq, directory)
     iterator.set_state(iter_state)
     print(f"[{architecture}] resuming from step {step}/{total_steps}", flush=True)
   train_step = train.make_train_step(
@@ -179,7 +218,7 @@ def train_teacher(
   )
   step = int(state.step)
   serialize = train.one_step_in_flight(mesh)
-  meta = dict(identity)
+  meta = dict(identity, recipe=recipe_fingerprint(sq))
   progress = progress_lib.Progress(f"[{architecture}]", functools.partial(print, flush=True))
   start = progress.start
   while step < total_steps:
@@ -267,6 +306,7 @@ def squeeze(
     if checkpoint.teacher_exists(directory):
       meta = checkpoint.read_teacher_metadata(directory)
       checkpoint.check_teacher_metadata(meta, identity, directory)
+      check_recipe(meta.get("recipe"), sq, directory)
       print(
         f"[{name}] found a finished teacher in {directory} (source {meta.get('source')}, "
         f"test top-1 {accuracy_text(meta.get('test_accuracy'))}): not retraining",
@@ -334,4 +374,4 @@ def main(config: ml_collections.ConfigDict) -> None:
 if __name__ == "__main__":
   from infer_jax.runtime import cli
 
-  cli.run(main)
+  cli.run(main, lock_workdir=True)

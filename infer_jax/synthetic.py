@@ -38,7 +38,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from infer_jax.runtime import atomic, distributed
+from infer_jax.runtime import atomic, checkpoint, distributed
 from infer_jax.runtime.errors import InputError
 
 FORMAT_VERSION = 1
@@ -606,6 +606,8 @@ def set_metadata(config, info, teachers, method: str, k: int, m: int) -> dict[st
     "M": int(m),
     "teachers": [t.metadata["architecture"] for t in teachers],
     "teacher_accuracies": [t.metadata["test_accuracy"] for t in teachers],
+    # Which exact teachers made (and labelled) the set: dynamic labels must come from them.
+    "teacher_identities": [checkpoint.teacher_identity(t) for t in teachers],
     "recover": config.recover.to_dict(),
     "seed": int(config.seed),
   }

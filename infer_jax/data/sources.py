@@ -57,7 +57,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from infer_jax.data.formats import cifar, digits, imagefolder, npz, tfds, tinyimagenet
-from infer_jax.data.types import Dataset, check_image_size, make_dataset
+from infer_jax.data.types import Dataset, check_class_coverage, check_image_size, make_dataset
 from infer_jax.runtime.errors import InputError
 
 SOURCES = ("digits", "npz", "imagefolder", "cifar10", "cifar100", "tinyimagenet", "tfds")
@@ -181,4 +181,7 @@ def load_from_config(cfg: Any) -> Dataset:
   }
   source = kw.pop("source") or "digits"
   path = kw.pop("path")
-  return load_dataset(source, path, **kw)
+  dataset = load_dataset(source, path, **kw)
+  # A run needs every class in the training set; say so now, not after the teachers train.
+  check_class_coverage(dataset.info.name, dataset.train, dataset.info.label_names)
+  return dataset

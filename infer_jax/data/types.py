@@ -345,6 +345,32 @@ def _triple(value: Any, what: str) -> tuple[float, float, float]:
   return t
 
 
+def check_class_coverage(name: str, train: ImageSource, label_names: Sequence[str]) -> None:
+  """InputError if a class has no training image: caught at load, before any training.
+
+  Args:
+    name: the dataset's name (for the message).
+    train: the training split (its ``labels``).
+    label_names: the C class names.
+
+  Every stage needs every class in the training set (teachers learn it, each INFER subset
+  takes one real image of it), and no budget setting can make up for a missing class.
+  """
+  labels = getattr(train, "labels", None)
+  if labels is None:
+    return
+  counts = np.bincount(np.asarray(labels, np.int64), minlength=len(label_names))
+  empty = [c for c in range(len(label_names)) if counts[c] == 0]
+  if empty:
+    shown = ", ".join(f"{c} ({label_names[c]!r})" for c in empty[:10])
+    more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""
+    raise InputError(
+      f"Dataset {name!r}: {len(empty)} of {len(label_names)} classes have no training image: "
+      f"{shown}{more}. Add training images of those classes, or drop the classes (remove "
+      "their names and renumber the labels 0..C-1) before distilling."
+    )
+
+
 def make_dataset(
   name: str,
   train: ImageSource,

@@ -39,17 +39,23 @@ def write(path: str, fill: Callable[[IO[Any]], Any], *, binary: bool = True) -> 
   """
   path = os.path.abspath(path)
   directory = os.path.dirname(path)
-  fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp-", dir=directory)
+  try:
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp-", dir=directory)
+  except OSError as e:  # name the destination, not the temporary name
+    raise OSError(e.errno, e.strerror, path) from e
   try:
     with os.fdopen(fd, "wb" if binary else "w") as f:
       fill(f)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     # Whatever failed (disk full, a kill signal turned into an exception), leave no tmp.
     if os.path.exists(tmp):
       os.remove(tmp)
+    if isinstance(e, OSError) and e.errno is not None and not e.filename:
+      # A failed write() names no file; the user needs to know which one was refused.
+      raise OSError(e.errno, e.strerror, path) from e
     raise
   fsync_dir(directory)
 

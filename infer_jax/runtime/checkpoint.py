@@ -17,7 +17,9 @@ a teacher of another architecture, dataset or class count is refused, not overwr
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +27,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from infer_jax import models
@@ -178,6 +181,30 @@ def teacher_metadata(
   }
 
 
+def variables_digest(variables: PyTree) -> str:
+  """sha256 (hex) over a teacher's variables: every leaf's path, dtype, shape and bytes.
+
+  Leaves are taken in sorted path order, so the digest depends only on the values, not on
+  how the tree was built or restored. Two teachers with the same digest label identically.
+  """
+  leaves = jax.tree_util.tree_flatten_with_path(variables)[0]
+  h = hashlib.sha256()
+  for path, leaf in sorted(leaves, key=lambda pl: jax.tree_util.keystr(pl[0])):
+    a = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
+    h.update(f"{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape};".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def teacher_identity(teacher: Teacher) -> dict[str, str]:
+  """What names one trained teacher exactly: architecture, dataset and variables' digest."""
+  return {
+    "architecture": teacher.metadata["architecture"],
+    "dataset": teacher.metadata["dataset"],
+    "digest": variables_digest(teacher.variables),
+  }
+
+
 def _final_dir(directory: str) -> str:
   return os.path.join(os.path.abspath(directory), "final")
 
@@ -203,9 +230,26 @@ def read_teacher_metadata(directory: str) -> dict:
       f"{_final_dir(directory)}/<step>). Train it with `python -m "
       "infer_jax.squeeze` or point the config at the right directory."
     )
-  with _manager(_final_dir(directory)) as mngr:
-    meta = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+  try:
+    with _manager(_final_dir(directory)) as mngr:
+      meta = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+  except Exception as e:  # Orbax and TensorStore raise many types for missing files
+    raise _damaged(directory, e) from e
   return dict(meta.meta)
+
+
+def _damaged(directory: str, e: BaseException) -> InputError:
+  """The error for a finished teacher whose checkpoint files are missing or unreadable."""
+  files = re.findall(r'local file "([^"]+)"', str(e))
+  if files:
+    detail = f"cannot read {files[-1]}"
+  else:
+    detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+  return InputError(
+    f"The teacher checkpoint {os.path.basename(os.path.abspath(directory))!r} in {directory} "
+    f"is incomplete or damaged (files missing or unreadable: {detail}). Delete that folder "
+    "to retrain the teacher (or convert it again), then rerun the same command."
+  )
 
 
 def check_teacher_metadata(
@@ -322,11 +366,15 @@ def load_teacher(
         mngr.latest_step(), args=ocp.args.Composite(variables=ocp.args.StandardRestore(target))
       )
   except (ValueError, KeyError, TypeError) as e:
+    if any(code in str(e) for code in ("NOT_FOUND", "DATA_LOSS", "OUT_OF_RANGE")):
+      raise _damaged(directory, e) from e  # TensorStore's codes for missing/short files
     raise InputError(
       f"The arrays of the teacher in {directory} do not fit the "
       f"{meta['architecture']} its metadata names ({e}); the checkpoint is "
       "corrupted or was edited. Retrain or re-convert it."
     ) from e
+  except Exception as e:  # TensorStore raises a bare Exception for a missing array file
+    raise _damaged(directory, e) from e
   return Teacher(model=model, variables=restored.variables, metadata=meta)
 
 

@@ -17,8 +17,9 @@ from collections.abc import Callable, Sequence
 from absl import app, logging
 from ml_collections import config_flags
 
-from infer_jax.runtime import distributed
-from infer_jax.runtime.errors import InputError
+from infer_jax.runtime import config_lib, distributed
+from infer_jax.runtime import lock as lock_lib
+from infer_jax.runtime.errors import InputError, guarded
 
 CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Path to a config file (configs/*.py), optionally with ':arg'.", lock_config=True
@@ -44,7 +45,13 @@ def _load_config_file(spec: str):
     )
   module_spec = importlib.util.spec_from_file_location("_infer_jax_config", path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  try:
+    module_spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise InputError(
+      f"Config file {path!r} has a syntax error at line {e.lineno}: {e.msg} "
+      f"({(e.text or '').strip()!r}). Fix that line (compare with configs/tiny.py)."
+    ) from e
   if not hasattr(module, "get_config"):
     raise InputError(f"Config file {path!r} defines no get_config().")
   return module.get_config(arg) if arg else module.get_config()
@@ -72,11 +79,37 @@ def check_argv(argv: Sequence[str]) -> None:
         )
 
 
-def run(main: Callable[..., None]) -> None:
-  """Runs ``main(config)`` under absl with up-front checks; InputError exits with status 2.
+def check_writable_dir(path: str, what: str) -> None:
+  """InputError unless ``path`` is (or can be made) a folder this process can write.
+
+  Args:
+    path: the folder.
+    what: how the user names it, e.g. '--config.workdir'.
+  """
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise InputError(f"{what} {path!r} is a file, not a folder. Pass a folder path.")
+  probe = path
+  while not os.path.exists(probe):  # the nearest existing ancestor decides
+    probe = os.path.dirname(os.path.abspath(probe))
+  if not os.path.isdir(probe):
+    raise InputError(f"{what} {path!r} is inside {probe!r}, which is a file. Pass a folder path.")
+  if not os.access(probe, os.W_OK | os.X_OK):
+    raise InputError(
+      f"{what} {path!r} is not writable ({probe!r} is read-only for this user). "
+      "Pass a folder you can write to."
+    )
+
+
+def run(main: Callable[..., None], lock_workdir: bool = False) -> None:
+  """Runs ``main(config)`` under absl with up-front checks and one-line errors.
+
+  InputError exits with status 2, a refused write (disk full, read-only, ...) with 1, Ctrl-C
+  with 130; each prints one line that says what to do.
 
   Args:
     main: the stage function, called with the parsed (locked) config.
+    lock_workdir: take the workdir lock (:mod:`infer_jax.runtime.lock`) for the run; for
+      the stages that write checkpoints (squeeze, distill).
   """
 
   def absl_main(argv):
@@ -85,14 +118,26 @@ def run(main: Callable[..., None]) -> None:
       # absl logs at INFO by default, which buries progress lines under backend-probing
       # and Orbax chatter; --verbosity=0 brings it back.
       logging.set_verbosity(logging.WARNING)
-    try:
+
+    def job():
       # Joins a multi-process run (before any other JAX call) and checks it; a no-op
       # for a plain single-process run.
       distributed.setup(CONFIG.value)
-      main(CONFIG.value)
-    except InputError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
+      if not lock_workdir:
+        main(CONFIG.value)
+        return
+      workdir = config_lib.workdir(CONFIG.value)
+      check_writable_dir(workdir, "--config.workdir")
+      # Only process 0 locks: the processes of one run share the workdir and cooperate.
+      # (A shared config.teachers_dir is not locked: runs of several workdirs may read it
+      # at once.)
+      if not distributed.is_primary():
+        main(CONFIG.value)
+        return
+      with lock_lib.WorkdirLock(workdir):
+        main(CONFIG.value)
+
+    sys.exit(guarded(job))
 
   try:
     check_argv(sys.argv[1:])

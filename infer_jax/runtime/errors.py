@@ -5,9 +5,68 @@ wrong and how to fix it) without a traceback; anything else is a bug and keeps i
 traceback.
 """
 
+import errno
+import sys
+from collections.abc import Callable
+
 
 class InputError(ValueError):
   """Bad user input: a path, a dataset, a config value or a checkpoint that cannot be used.
 
   The message names the problem and the fix.
   """
+
+
+# What a failed write means for the user, and what to do, by errno.
+_WRITE_FAULTS = {
+  errno.ENOSPC: ("no space left on the device", "free some space"),
+  errno.EDQUOT: ("the disk quota is used up", "free some space"),
+  errno.EROFS: ("the file system is read-only", "choose a writable location"),
+  errno.EACCES: ("permission denied", "choose a location you can write to"),
+  errno.EPERM: ("operation not permitted", "choose a location you can write to"),
+  errno.ENOTDIR: ("part of the path is a file, not a folder", "choose another path"),
+}
+
+INTERRUPTED = (
+  "interrupted. Work finished so far is saved (every file is written atomically and "
+  "checkpoints resume): rerun the same command to resume."
+)
+
+
+def write_fault_message(e: OSError) -> str | None:
+  """A one-line message for a write the machine refused (disk full, read-only, ...).
+
+  None for any other OSError (which stays a traceback: it is not the user's to fix).
+  """
+  if e.errno not in _WRITE_FAULTS:
+    return None
+  what, fix = _WRITE_FAULTS[e.errno]
+  target = f" {e.filename}" if e.filename else ""
+  return (
+    f"could not write{target}: {what}. Work finished before this point is intact (every "
+    f"file is written atomically and checkpoints resume): {fix}, then rerun the same command."
+  )
+
+
+def guarded(job: Callable[[], None]) -> int:
+  """Runs ``job()``; returns the exit status, printing one line for the failures a user fixes.
+
+  0: done. 2: InputError (its message says what to fix). 1: a write the machine refused
+  (disk full, read-only, permission; the file is named). 130: Ctrl-C. Anything else is a
+  bug and keeps its traceback.
+  """
+  try:
+    job()
+  except InputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print(f"\n{INTERRUPTED}", file=sys.stderr)
+    return 130
+  except OSError as e:
+    message = write_fault_message(e)
+    if message is None:
+      raise
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+  return 0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import zipfile
+import zlib
+
 import numpy as np
 
 from infer_jax.data.types import ArraySource, check_labels, check_path, upsample
@@ -33,6 +36,12 @@ def load(path: str, image_size: int | None):
       )
     try:
       arrays = {k: z[k] for k in (*required, "label_names") if k in z.files}
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+      # np.load reads lazily: a truncated or corrupted member fails here (e.g. Bad CRC-32).
+      raise InputError(
+        f"{path!r} is damaged ({type(e).__name__}: {e}): an array in it cannot be read. "
+        "Copy or download the file again, or rewrite it with np.savez."
+      ) from e
     except ValueError as e:
       # Object arrays (e.g. a list of Python strings) need pickle, which we refuse.
       raise InputError(
@@ -42,11 +51,7 @@ def load(path: str, image_size: int | None):
   for split in ("train", "test"):
     x, y = arrays["x_" + split], arrays["y_" + split]
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
-      raise InputError(
-        f"{path!r}: x_{split} is {x.dtype} {x.shape}; it must be uint8 [N, H, W, 3] "
-        "(channels last). Convert with x.astype(np.uint8), transpose NCHW to NHWC, and "
-        "replicate grayscale with np.repeat(x[..., None], 3, -1)."
-      )
+      raise InputError(f"{path!r}: x_{split} is {x.dtype} {x.shape}; {_image_hint(x)}")
     if y.ndim != 1 or len(y) != len(x):
       raise InputError(
         f"{path!r}: y_{split} has shape {y.shape} but x_{split} holds {len(x)} images; "
@@ -80,3 +85,27 @@ def load(path: str, image_size: int | None):
     x = upsample(arrays["x_" + split], image_size, path)
     splits.append(ArraySource(x, y))
   return splits[0], splits[1], label_names
+
+
+def _image_hint(x: np.ndarray) -> str:
+  """What the images must be, and the conversion that fits what they are."""
+  need = "it must be uint8 [N, H, W, 3] (channels last). "
+  fixes = []
+  if x.dtype.kind == "f":
+    top = float(np.nanmax(x)) if x.size else 0.0
+    if top <= 1.0:
+      # x.astype(np.uint8) would truncate every value in [0, 1) to 0.
+      fixes.append("scale floats in [0, 1] with x = (x * 255).round().astype(np.uint8)")
+    else:
+      fixes.append("round floats in [0, 255] with x = x.round().astype(np.uint8)")
+  elif x.dtype != np.uint8:
+    fixes.append("convert with x = x.astype(np.uint8) (values must lie in 0..255)")
+  if x.ndim == 4 and x.shape[1] in (1, 3) and x.shape[-1] not in (1, 3):
+    fixes.append("transpose NCHW to NHWC with x = x.transpose(0, 2, 3, 1)")
+  elif x.ndim == 3 or (x.ndim == 4 and x.shape[-1] == 1):
+    # Works for both (N, H, W) and (N, H, W, 1).
+    fixes.append("replicate grayscale with x = np.repeat(x.reshape(*x.shape[:3], 1), 3, axis=-1)")
+  if not fixes:
+    return need.strip()
+  text = "; then ".join(fixes)
+  return need + text[0].upper() + text[1:] + "."
