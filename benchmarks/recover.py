@@ -47,7 +47,8 @@ from jax.sharding import PartitionSpec as P
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from teachers import _flops, _loadavg, machine_info, write_json  # noqa: E402
 
-from infer_jax import bn_stats, models, recover  # noqa: E402
+from infer_jax import models, recover  # noqa: E402
+from infer_jax.core import bn_stats
 
 FAMILIES = ("resnet18", "mobilenetv2", "efficientnet_b0", "shufflenet_g2")
 

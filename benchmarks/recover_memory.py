@@ -26,7 +26,9 @@ import time
 import jax
 import jax.numpy as jnp
 
-from infer_jax import bn_stats, checkpoint, models, recover
+from infer_jax import models, recover
+from infer_jax.core import bn_stats
+from infer_jax.runtime import checkpoint
 
 DEFAULT_POINTS = (
   "resnet18:cifar:32:10:1",

@@ -10,9 +10,10 @@ classes: 1,750 instances, random pixels and labels; only shapes matter here) is 
 ``student.make_student_step`` (on-device augmentation, MixUp, KL with temperature, AdamW) in two
 ways, alternating within one run:
 
-* ``pipeline``: batches from ``pipeline.train_iterator`` over ``student.SetSource.from_synthetic``
-  exactly as ``student.train_student`` reads them (instances ``clip(x + u)`` materialised on the
-  host as they are read, seeded shuffle, background-thread prefetch, placement on the mesh);
+* ``pipeline``: batches from ``pipeline.train_iterator`` over
+  ``set_source.SetSource.from_synthetic`` exactly as ``student.train_student`` reads them
+  (instances ``clip(x + u)`` materialised on the host as they are read, seeded shuffle,
+  background-thread prefetch, placement on the mesh);
 * ``staged``: the same batches, collected beforehand and already on the device(s).
 
 Each repeat times ``--steps`` steps after a warm-up; the figure is images per second, min and
@@ -32,8 +33,9 @@ import time
 import jax
 import numpy as np
 
-from infer_jax import models, student, synthetic, train
-from infer_jax.data import pipeline
+from infer_jax import models, student, synthetic
+from infer_jax.data import pipeline, set_source
+from infer_jax.runtime import train
 
 
 def make_set(k: int, m: int, c: int, size: int, seed: int = 0) -> synthetic.SyntheticSet:
@@ -84,7 +86,7 @@ def main() -> None:
     model, tx, jax.random.key(0, impl="rbg"), (args.size, args.size, 3), mesh
   )
   iterator = pipeline.train_iterator(
-    student.SetSource.from_synthetic(s),
+    set_source.SetSource.from_synthetic(s),
     batch_size=args.batch,
     seed=0,
     num_epochs=None,

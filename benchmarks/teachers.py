@@ -11,14 +11,14 @@ channel multiplier ``--width``) with ``infer_jax.models.create_model`` and initi
 ``jax.random.key(0, impl='rbg')`` (threefry initialisers compile very slowly on XLA:CPU).
 Two jitted functions are timed per family:
 
-* ``train``: the real squeeze training step, ``infer_jax.train.make_train_step`` with
+* ``train``: the real squeeze training step, ``infer_jax.runtime.train.make_train_step`` with
   ``sgd_optimizer`` (lr 0.1, momentum 0.9, weight decay 5e-4, cosine) on a state from
   ``create_train_state``: uint8 -> float normalisation on device, forward in training mode,
   cross-entropy, backward, SGD update, BatchNorm running-statistics update. The batch
   ``{'image': uint8 [B,32,32,3], 'label': int32 [B]}`` (``--batch``, default 128) is staged on
   device once, sharded with ``train.batch_sharding(data_mesh())``: no input pipeline is timed.
 * ``recover``: the core of a recover iteration, the gradient w.r.t. the input images of
-  ``infer_jax.bn_stats.teacher_loss`` (mean CE + r_bn * BN-matching loss, r_bn = 1 as for
+  ``infer_jax.core.bn_stats.teacher_loss`` (mean CE + r_bn * BN-matching loss, r_bn = 1 as for
   CIFAR, first-layer multiplier 10 on ``bn_layer_order(...)[0]``), teacher in inference mode,
   on C images (``--recover-batch``, default 100). To serialise the iterations the jitted
   function also applies a plain gradient step to the images (``x - 0.01 * grad``; negligible
@@ -73,15 +73,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from infer_jax import bn_stats, train
+from infer_jax.core import bn_stats
 from infer_jax.models import create_model
+from infer_jax.runtime import train
 
 DEFAULT_ARCHS = ("resnet18", "mobilenetv2", "efficientnet_b0", "shufflenet_g2")
 IMAGE_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-R_BN = 1.0  # ALGORITHM.md: r_bn 1 for CIFAR.
+R_BN = 1.0  # docs/algorithm.md: r_bn 1 for CIFAR.
 FIRST_MULTIPLIER = 10.0
 RECOVER_STEP = 0.01
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

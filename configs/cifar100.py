@@ -8,18 +8,18 @@ jitter 4, M = 4 (ipc 10 -> K = 9, ipc 50 -> K = 48); student ResNet-18, AdamW lr
 weight decay 0.01, cosine, batch 64, 400 epochs. The paper reports 45.2% (ipc 10) and
 62.8% (ipc 50) top-1. Full width needs a GPU.
 
-Recipe (ALGORITHM.md): SGD lr 0.1, momentum 0.9, weight decay 5e-4, cosine, batch 128,
+Recipe (docs/algorithm.md): SGD lr 0.1, momentum 0.9, weight decay 5e-4, cosine, batch 128,
 random crop (pad 4) + flip, 200 epochs, CIFAR stems. Full-width teachers are for GPUs
 (ResNet-18: ~11M parameters). An npz in the layout of ../shared/data/prepare.py works too:
 ``--config.data.source=npz --config.data.path=cifar100.npz``.
 """
 
-from infer_jax import config_lib
+from infer_jax.runtime import config_lib
 
 
 def get_config(arg=None):
   args = config_lib.parse_arg(arg, ipc=10)
-  c = config_lib.base_config()  # teachers and the SGD recipe of ALGORITHM.md
+  c = config_lib.base_config()  # teachers and the SGD recipe of docs/algorithm.md
   c.name = "cifar100"
   c.data.source = "cifar100"  # the official python archive (directory or .tar.gz)
   c.data.path = "data/cifar-100-python.tar.gz"

@@ -17,7 +17,7 @@ the results are reported:
 * evaluation: 3 seeds, final epoch.
 """
 
-from infer_jax import config_lib
+from infer_jax.runtime import config_lib
 
 
 def get_config(arg=None):

@@ -17,7 +17,7 @@ with train/ and val/ class folders, resized to 224) or TFDS array_record files.
 Multi-GPU / TPU scale is required.
 """
 
-from infer_jax import config_lib
+from infer_jax.runtime import config_lib
 
 
 def get_config(arg=None):

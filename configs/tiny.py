@@ -17,7 +17,7 @@ gets 20 epochs, too few to learn at this size), so its accuracies say nothing ab
 method.
 """
 
-from infer_jax import config_lib
+from infer_jax.runtime import config_lib
 
 
 def get_config(arg=None):
@@ -45,6 +45,6 @@ def get_config(arg=None):
   c.student.batch_size = 32
   c.student.crop_padding = 1
   # One evaluation seed keeps the smoke test short; results to report use >= 3
-  # (docs/PROTOCOL.md), e.g. --config.evaluate.seeds=3.
+  # (docs/protocol.md), e.g. --config.evaluate.seeds=3.
   c.evaluate.seeds = 1
   return c

@@ -15,12 +15,12 @@ momentum 0.9, weight decay 5e-4, cosine, batch 128, random resized crop + flip,
 paper's Tiny-ImageNet teachers do.
 """
 
-from infer_jax import config_lib
+from infer_jax.runtime import config_lib
 
 
 def get_config(arg=None):
   args = config_lib.parse_arg(arg, ipc=10)
-  c = config_lib.base_config()  # teachers and the SGD recipe of ALGORITHM.md
+  c = config_lib.base_config()  # teachers and the SGD recipe of docs/algorithm.md
   c.name = "tinyimagenet"
   c.data.source = "tinyimagenet"
   c.data.path = "data/tiny-imagenet-200"

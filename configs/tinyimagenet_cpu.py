@@ -20,7 +20,7 @@ wherever the results are reported:
 * evaluation: 3 seeds, final epoch.
 """
 
-from infer_jax import config_lib
+from infer_jax.runtime import config_lib
 
 
 def get_config(arg=None):

@@ -53,11 +53,12 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from infer_jax import checkpoint, models
-from infer_jax.data import sources
-from infer_jax.errors import InputError
+from infer_jax import models
+from infer_jax.data import types
 from infer_jax.models.common import BN_EPSILON, BN_MOMENTUM, STEMS
 from infer_jax.models.convnet import ConvNet
+from infer_jax.runtime import checkpoint
+from infer_jax.runtime.errors import InputError
 
 PyTree = Any
 
@@ -65,7 +66,7 @@ TORCH_EXTRA = "pip install 'infer-jax[torch]'"
 # Keys under which training scripts commonly nest the state_dict in a checkpoint dict.
 CONTAINER_KEYS = ("state_dict", "model", "net")
 PARALLEL_PREFIX = "module."
-# Native image sizes of the datasets with standard statistics (sources.KNOWN_STATS).
+# Native image sizes of the datasets with standard statistics (types.KNOWN_STATS).
 KNOWN_IMAGE_SIZES = {
   "cifar10": 32,
   "cifar100": 32,
@@ -528,7 +529,7 @@ def convert(
   if stem not in STEMS:
     raise InputError(f"--stem must be 'auto' or one of {STEMS}, got {stem!r}.")
   if mean is None or std is None:
-    known = sources.KNOWN_STATS.get(dataset)
+    known = types.KNOWN_STATS.get(dataset)
     if known is None:
       raise InputError(
         f"No standard normalisation is known for dataset {dataset!r}: pass --mean and --std "

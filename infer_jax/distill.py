@@ -10,7 +10,7 @@
    together), checkpointed in ``DIR/recover`` so a killed run resumes.
 4. Relabel: static soft labels (the teachers' mean logits) of all K*(M+1)*C instances.
 5. Save the synthetic set to ``DIR/synthetic/infer.npz`` (docs/synthetic_format.md).
-6. Compare (``config.methods``, docs/PROTOCOL.md): every method is evaluated with the same
+6. Compare (``config.methods``, docs/protocol.md): every method is evaluated with the same
    teachers, student, augmentation, MixUp, temperature, optimiser and number of
    optimisation steps, one student per evaluation seed (``config.evaluate.seeds``):
 
@@ -25,7 +25,8 @@
                           augmented, mixed batch; epochs / (M + 1)
    =====================  ==========================================================
 
-   Every set is saved under ``DIR/synthetic`` and reused by a rerun.
+   The baseline sets are built by :mod:`infer_jax.baselines`. Every set is saved under
+   ``DIR/synthetic`` and reused by a rerun.
 7. Print a table (final-epoch top-1 mean ± std, stored bytes, compression ratio, wall time
    of each stage) and write it as ``DIR/summary.json``, rewritten after every row; a rerun
    keeps the rows already there (same set, student and seeds) and computes the rest.
@@ -43,58 +44,18 @@ import jax
 import ml_collections
 import numpy as np
 
-from infer_jax import (
-  checkpoint,
-  config_lib,
-  distributed,
-  evaluate,
-  recover,
-  relabel,
-  squeeze,
-  subsets,
-  synthetic,
-)
-from infer_jax.data import sources
-from infer_jax.errors import InputError
+from infer_jax import baselines, evaluate, recover, relabel, squeeze, student, synthetic
+from infer_jax.core import subsets
+from infer_jax.data import sources, types
+from infer_jax.runtime import atomic, checkpoint, config_lib, distributed, provenance
+from infer_jax.runtime.errors import InputError
 
 FORMAT_NAME = "infer.npz"
 
 
-def load_teachers(
-  config: ml_collections.ConfigDict, dataset: sources.Dataset
-) -> list[checkpoint.Teacher]:
-  """Squeezes (or reuses) and loads every teacher of ``config``, checking their identity."""
-  squeeze.squeeze(config, dataset)
-  return [
-    checkpoint.load_teacher(
-      config_lib.teacher_dir(config, name),
-      expected=squeeze.expected_teacher(config, dataset.info, name),
-    )
-    for name in config_lib.teacher_names(config)
-  ]
-
-
-def _set_metadata(config, info, teachers, method: str, k: int, m: int) -> dict[str, Any]:
-  return {
-    "method": method,
-    "dataset": info.name,
-    "num_classes": info.num_classes,
-    "image_shape": list(info.image_shape),
-    "mean": list(info.mean),
-    "std": list(info.std),
-    "ipc": int(config.ipc),
-    "K": int(k),
-    "M": int(m),
-    "teachers": [t.metadata["architecture"] for t in teachers],
-    "teacher_accuracies": [t.metadata["test_accuracy"] for t in teachers],
-    "recover": config.recover.to_dict(),
-    "seed": int(config.seed),
-  }
-
-
 def build_infer_set(
   config: ml_collections.ConfigDict,
-  dataset: sources.Dataset,
+  dataset: types.Dataset,
   teachers: list[checkpoint.Teacher],
   timings: dict[str, float],
 ) -> synthetic.SyntheticSet:
@@ -113,7 +74,7 @@ def build_infer_set(
   workdir = config_lib.workdir(config)
   m = len(teachers)
   k = subsets.num_subsets(config.ipc, info.num_classes, m)
-  metadata = _set_metadata(config, info, teachers, "infer", k, m)
+  metadata = synthetic.set_metadata(config, info, teachers, "infer", k, m)
   path = os.path.join(workdir, "synthetic", FORMAT_NAME)
   if os.path.exists(path):
     # load() refuses a set of another setting (naming the mismatch) or a damaged file.
@@ -156,129 +117,7 @@ def build_infer_set(
     label_dtype=config.synthetic.label_dtype,
   )
   timings["relabel"] = time.perf_counter() - t
-  return _save(path, labelled)
-
-
-def _save(path: str, s: synthetic.SyntheticSet) -> synthetic.SyntheticSet:
-  """Saves ``s`` (every process holds the same set; the primary one writes it)."""
-
-  def write() -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    synthetic.save(path, s)
-
-  distributed.on_primary(f"save {os.path.basename(path)}", write)
-  return s
-
-
-def build_random_set(
-  config: ml_collections.ConfigDict, dataset: sources.Dataset, teachers: list[checkpoint.Teacher]
-) -> synthetic.SyntheticSet:
-  """The same-budget baseline: ipc random real images per class, static soft labels."""
-  info = dataset.info
-  metadata = _set_metadata(config, info, teachers, "random", config.ipc, 0)
-  path = os.path.join(config_lib.workdir(config), "synthetic", "random.npz")
-  if os.path.exists(path):
-    return synthetic.load(path, expected=metadata)
-  # A different stream from the subsets' draw, so the baseline is not INFER's own images.
-  indices = subsets.sample_subsets(
-    dataset.train.labels, info.num_classes, config.ipc, config.seed + 1
-  )
-  images = dataset.train.images(indices.reshape(-1)).reshape(
-    config.ipc, info.num_classes, *info.image_shape
-  )
-  soft = relabel.static_labels(
-    teachers,
-    synthetic.normalize_uint8(images.reshape(-1, *info.image_shape), info.mean, info.std),
-    batch_size=config.synthetic.relabel_batch_size,
-  )
-  s = synthetic.SyntheticSet(
-    images=images,
-    source_indices=indices,
-    compensators=None,
-    labels=soft.reshape(config.ipc, 1, info.num_classes, info.num_classes),
-    metadata=metadata,
-  )
-  return _save(path, synthetic.cast(s, label_dtype=config.synthetic.label_dtype))
-
-
-def without_soft_labels(s: synthetic.SyntheticSet) -> synthetic.SyntheticSet:
-  """The same images with hard (class-index) labels only: no label bytes."""
-  return dataclasses.replace(s, labels=None, metadata={**s.metadata, "labels": "hard"})
-
-
-def infer_without_compensators(s: synthetic.SyntheticSet) -> synthetic.SyntheticSet:
-  """INFER w/o UFC: the K*C real images of the subsets alone, with their static labels."""
-  return synthetic.SyntheticSet(
-    images=s.images,
-    source_indices=s.source_indices,
-    compensators=None,
-    labels=None if s.labels is None else s.labels[:, :1],
-    metadata={**s.metadata, "method": "infer_wo_ufc", "M": 0},
-  )
-
-
-def build_sre2l_set(
-  config: ml_collections.ConfigDict,
-  dataset: sources.Dataset,
-  teachers: list[checkpoint.Teacher],
-  timings: dict[str, float],
-) -> synthetic.SyntheticSet:
-  """SRe2L-style baseline: ipc class-specific images per class, synthesised from noise.
-
-  The recover machinery with the 'class_specific' parameterisation (one free image per
-  subset and class) against one teacher (``config.baselines.sre2l_teacher``, default the
-  first), with ``r_bn = config.baselines.sre2l_r_bn``; the images are stored as uint8 (as
-  image files would be) and labelled by all M teachers like every other set.
-  """
-  info = dataset.info
-  name = config.baselines.sre2l_teacher or teachers[0].metadata["architecture"]
-  by_name = {t.metadata["architecture"]: t for t in teachers}
-  if name not in by_name:
-    raise InputError(
-      f"config.baselines.sre2l_teacher={name!r} is not one of the teachers {list(by_name)}."
-    )
-  rcfg = recover.RecoverConfig.from_config(
-    config.recover,
-    seed=config.seed,
-    parameterisation="class_specific",
-    r_bn=float(config.baselines.sre2l_r_bn),
-  )
-  metadata = {
-    **_set_metadata(config, info, teachers, "sre2l", config.ipc, 0),
-    "recover": dataclasses.asdict(rcfg),
-    "synthesis_teacher": name,
-  }
-  workdir = config_lib.workdir(config)
-  path = os.path.join(workdir, "synthetic", "sre2l.npz")
-  if os.path.exists(path):
-    return synthetic.load(path, expected=metadata)
-  k, c = int(config.ipc), info.num_classes
-  print(f"[distill] SRe2L-style synthesis: {k} x {c} images against {name}", flush=True)
-  t = time.perf_counter()
-  params = recover.recover_teacher(
-    by_name[name],
-    np.zeros((k, c, *info.image_shape), np.float32),
-    np.tile(np.arange(c), (k, 1)),
-    rcfg,
-    teacher_index=0,
-    directory=os.path.join(workdir, "recover", "sre2l"),
-  )
-  lo, hi = synthetic.clip_bounds(metadata)
-  images = synthetic.denormalize_uint8(np.clip(params, lo, hi), metadata)
-  soft = relabel.static_labels(
-    teachers,
-    synthetic.normalize_uint8(images.reshape(-1, *info.image_shape), info.mean, info.std),
-    batch_size=config.synthetic.relabel_batch_size,
-  )
-  timings["recover (SRe2L-style)"] = time.perf_counter() - t
-  s = synthetic.SyntheticSet(
-    images=images,
-    source_indices=np.full((k, c), -1, np.int64),
-    compensators=None,
-    labels=soft.reshape(k, 1, c, c),
-    metadata=metadata,
-  )
-  return _save(path, synthetic.cast(s, label_dtype=config.synthetic.label_dtype))
+  return synthetic.save_on_primary(path, labelled)
 
 
 # key: (name in tables, set, label protocol). Table order: weakest protocol first.
@@ -349,10 +188,11 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
     flush=True,
   )
   # Refuse an impossible budget before any training.
-  subsets.num_subsets(config.ipc, info.num_classes, len(config_lib.teacher_names(config)))
+  identities = squeeze.teacher_identities(config, info)
+  subsets.num_subsets(config.ipc, info.num_classes, len(identities))
 
   t = time.perf_counter()
-  teachers = load_teachers(config, dataset)
+  teachers = squeeze.load_teachers(config, dataset, identities)
   timings["squeeze"] = timings.get("squeeze", 0.0) + time.perf_counter() - t
   m = len(teachers)
 
@@ -362,19 +202,19 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
   def get_set(name: str) -> synthetic.SyntheticSet:
     if name not in cache:
       if name == "random":
-        cache[name] = build_random_set(config, dataset, teachers)
+        cache[name] = baselines.build_random_set(config, dataset, teachers)
       elif name == "random_hard":
-        cache[name] = without_soft_labels(get_set("random"))
+        cache[name] = baselines.without_soft_labels(get_set("random"))
       elif name == "infer_wo_ufc":
-        cache[name] = infer_without_compensators(infer_set)
+        cache[name] = baselines.infer_without_compensators(infer_set)
       elif name == "sre2l":
-        cache[name] = build_sre2l_set(config, dataset, teachers, timings)
+        cache[name] = baselines.build_sre2l_set(config, dataset, teachers, timings)
     return cache[name]
 
   scfg = evaluate.student_config(config, info)
   # Every static/hard row trains for the steps of the INFER set at the configured epochs
-  # (PROTOCOL.md: same number of optimisation steps); +Dyn for 1/(M+1) of them.
-  steps = scfg.epochs * evaluate.steps_per_epoch(infer_set.num_instances, scfg.batch_size)
+  # (docs/protocol.md: same number of optimisation steps); +Dyn for 1/(M+1) of them.
+  steps = scfg.epochs * student.steps_per_epoch(infer_set.num_instances, scfg.batch_size)
   old_rows = {r["key"]: r for r in previous.get("rows", []) if "key" in r}
   rows = []
   summary = {
@@ -398,9 +238,9 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
     "seeds": eval_seeds,
     "rows": rows,
     "stage_seconds": timings,
-    "hardware": evaluate.hardware(),
+    "hardware": provenance.hardware(),
     "config": config.to_dict(),
-    "command": evaluate.command_line("infer_jax.distill"),
+    "command": provenance.command_line("infer_jax.distill"),
     "complete": False,
   }
   by_key: dict[str, dict[str, Any]] = {}
@@ -440,7 +280,7 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
       "bytes": evaluate.budget(s, info, teachers if labels == "dynamic" else None),
       **result,
       "fingerprint": fingerprint,
-      "command": evaluate.command_line("infer_jax.distill", methods=key),
+      "command": provenance.command_line("infer_jax.distill", methods=key),
     }
     rows[:] = [by_key[k] for k in keys if k in by_key]  # table order
     summary["stage_seconds"] = {k: round(v, 2) for k, v in timings.items()}
@@ -458,7 +298,7 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def _write_summary(path: str, summary: dict[str, Any]) -> None:
   """Process 0 writes the summary (atomically); the others wait for it."""
-  distributed.on_primary("summary.json", lambda: checkpoint.write_json_atomic(path, summary))
+  distributed.on_primary("summary.json", lambda: atomic.write_json(path, summary))
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -490,6 +330,6 @@ def main(config: ml_collections.ConfigDict) -> None:
 
 
 if __name__ == "__main__":
-  from infer_jax import cli
+  from infer_jax.runtime import cli
 
   cli.run(main)

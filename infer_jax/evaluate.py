@@ -11,10 +11,10 @@ scratch on the set once per evaluation seed (``config.evaluate.seeds`` seeds sta
 * ``static``: the set's stored soft labels (the teachers' mean logits), MixUp, KL with
   temperature (INFER).
 * ``dynamic``: the teacher ensemble labels every augmented, mixed batch online (INFER+Dyn);
-  the epochs are divided by M + 1 to keep the work comparable (ALGORITHM.md, "Relabel").
+  the epochs are divided by M + 1 to keep the work comparable (docs/algorithm.md, "Relabel").
 * ``hard``: one-hot class labels, MixUp, cross-entropy.
 
-The figure to report (docs/PROTOCOL.md) is the final-epoch top-1, mean ± sample standard
+The figure to report (docs/protocol.md) is the final-epoch top-1, mean ± sample standard
 deviation over the seeds. A best-epoch figure (``config.student.eval_every_epochs > 0``) is
 selected on the test set; it is kept separately and labelled as such. The result is written
 as JSON (``config.evaluate.out``, default ``<workdir>/evaluate/<set>-<labels>.json``).
@@ -25,9 +25,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import platform
-import shlex
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -37,14 +34,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from infer_jax import checkpoint, config_lib, distributed, student, synthetic
-from infer_jax.data import sources
-from infer_jax.errors import InputError
+from infer_jax import squeeze, student, synthetic
+from infer_jax.core import subsets
+from infer_jax.data import sources, types
+from infer_jax.runtime import atomic, checkpoint, config_lib, distributed, provenance
+from infer_jax.runtime.errors import InputError
 
 LABELS = student.LABEL_MODES
 
 
-def student_config(config: ml_collections.ConfigDict, info: sources.DatasetInfo):
+def student_config(config: ml_collections.ConfigDict, info: types.DatasetInfo):
   """The config's student recipe with the stem that fits the dataset's images."""
   scfg = student.StudentConfig.from_config(config.student)
   return dataclasses.replace(scfg, stem=config_lib.resolve_stem(config, info.image_shape))
@@ -94,7 +93,7 @@ def teacher_bytes(teachers: Sequence[checkpoint.Teacher]) -> int:
 
 def budget(
   s: synthetic.SyntheticSet,
-  info: sources.DatasetInfo,
+  info: types.DatasetInfo,
   teachers: Sequence[checkpoint.Teacher] | None = None,
 ) -> dict[str, Any]:
   """Stored bytes of ``s`` split by kind, plus teachers when labels are dynamic, and the ratio.
@@ -107,7 +106,9 @@ def budget(
   out = dict(synthetic.storage_bytes(s))
   out["teachers"] = teacher_bytes(teachers) if teachers else 0
   out["total"] += out["teachers"]
-  out["compression_ratio"] = out["total"] / (info.num_train * math.prod(info.image_shape))
+  out["compression_ratio"] = subsets.compression_ratio(
+    out["total"], info.num_train, info.image_shape
+  )
   return out
 
 
@@ -117,30 +118,24 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
   return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
-def steps_per_epoch(num_instances: int, batch_size: int) -> int:
-  """Optimisation steps in one epoch over ``num_instances`` (one when the set is smaller
-  than a batch: the student then trains on all of it at once)."""
-  return max(1, num_instances // batch_size)
-
-
 def epochs_for_steps(steps: int, num_instances: int, batch_size: int) -> int:
   """Epochs over a set of ``num_instances`` that give (about) ``steps`` optimisation steps.
 
   Used so that every method of a comparison trains for the same number of steps whatever the
-  size of its set (PROTOCOL.md).
+  size of its set (docs/protocol.md).
   """
-  return max(1, round(steps / steps_per_epoch(num_instances, batch_size)))
+  return max(1, round(steps / student.steps_per_epoch(num_instances, batch_size)))
 
 
 def dynamic_epochs(epochs: int, num_teachers: int) -> int:
-  """INFER+Dyn's epochs: ``epochs / (M + 1)`` rounded up, at least one (ALGORITHM.md)."""
+  """INFER+Dyn's epochs: ``epochs / (M + 1)`` rounded up, at least one (docs/algorithm.md)."""
   return max(1, math.ceil(epochs / (num_teachers + 1)))
 
 
 def evaluate_set(
   scfg: student.StudentConfig,
   s: synthetic.SyntheticSet,
-  dataset: sources.Dataset,
+  dataset: types.Dataset,
   *,
   seeds: Sequence[int],
   labels: str = "static",
@@ -222,18 +217,6 @@ def format_top1(result: dict[str, Any]) -> str:
   return f"{100 * result['final_top1_mean']:.2f} ± {100 * result['final_top1_std']:.2f}"
 
 
-def command_line(module: str, argv: Sequence[str] | None = None, **overrides: Any) -> str:
-  """The shell command that reruns this process, with ``--config.KEY=VALUE`` overrides.
-
-  Overrides replace any same-key flag already on the command line.
-  """
-  argv = list(sys.argv[1:] if argv is None else argv)
-  keys = {f"--config.{k}" for k in overrides}
-  kept = [a for a in argv if a.split("=", 1)[0] not in keys]
-  kept += [f"--config.{k}={v}" for k, v in overrides.items()]
-  return shlex.join(["python", "-m", module, *kept])
-
-
 def main(config: ml_collections.ConfigDict) -> None:
   """Entry point: evaluates ``config.evaluate.set`` and writes the JSON result."""
   path = config.evaluate.set
@@ -258,9 +241,7 @@ def main(config: ml_collections.ConfigDict) -> None:
   teachers = None
   scfg = student_config(config, info)
   if labels == "dynamic":
-    from infer_jax import distill  # noqa: PLC0415  (distill imports this module)
-
-    teachers = distill.load_teachers(config, dataset)
+    teachers = squeeze.load_teachers(config, dataset)
     scfg = dataclasses.replace(scfg, epochs=dynamic_epochs(scfg.epochs, len(teachers)))
   result = evaluate_set(scfg, s, dataset, seeds=seeds(config), labels=labels, teachers=teachers)
   out = {
@@ -270,8 +251,8 @@ def main(config: ml_collections.ConfigDict) -> None:
     "student": dataclasses.asdict(scfg),
     "bytes": budget(s, info, teachers),
     "result": result,
-    "hardware": hardware(),
-    "command": command_line("infer_jax.evaluate"),
+    "hardware": provenance.hardware(),
+    "command": provenance.command_line("infer_jax.evaluate"),
   }
   out_path = config.evaluate.out or os.path.join(
     config_lib.workdir(config),
@@ -281,7 +262,7 @@ def main(config: ml_collections.ConfigDict) -> None:
 
   def write() -> None:  # every process has the same result; one writes it
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    checkpoint.write_json_atomic(out_path, out)
+    atomic.write_json(out_path, out)
 
   distributed.on_primary("evaluate json", write)
   print(
@@ -291,21 +272,7 @@ def main(config: ml_collections.ConfigDict) -> None:
   )
 
 
-def hardware() -> dict[str, Any]:
-  """Where the figures were measured: JAX platform, device kind and count, host CPUs."""
-  device = jax.devices()[0]
-  return {
-    "platform": device.platform,
-    "device_kind": device.device_kind,
-    "device_count": jax.device_count(),
-    "process_count": jax.process_count(),
-    "cpu_count": os.cpu_count(),
-    "machine": platform.machine(),
-    "processor": platform.processor() or platform.machine(),
-  }
-
-
 if __name__ == "__main__":
-  from infer_jax import cli
+  from infer_jax.runtime import cli
 
   cli.run(main)

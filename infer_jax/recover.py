@@ -10,7 +10,7 @@ One parameterisation serves both methods that recover images from a teacher:
 In both, the synthetic batch of subset k is ``base_k + params_k`` (broadcast over the C
 classes when params_k has one row), everything lives in the dataset's normalised space,
 and the loss is INFER's ``CE + r_bn * BN-matching`` with the teacher in inference mode
-(:func:`infer_jax.bn_stats.teacher_loss`). Each step draws one augmentation per subset
+(:func:`infer_jax.core.bn_stats.teacher_loss`). Each step draws one augmentation per subset
 (a cyclic roll, optionally after a random resized crop and flip), computes every
 subset's gradient with ``jax.vmap`` (each subset's BN statistics over its own C images)
 and applies Adam(b1=0.5, b2=0.9) with a cosine-decayed learning rate. Adam is
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -36,19 +35,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
-from infer_jax import bn_stats, checkpoint, distributed, train
-from infer_jax.errors import InputError
+from infer_jax.core import bn_stats
+from infer_jax.core.augment import RRC_SCALE, SUBSET_AUGMENTATIONS, augment_subset
+from infer_jax.runtime import checkpoint, distributed, train
+from infer_jax.runtime import progress as progress_lib
+from infer_jax.runtime.errors import InputError
 
 PARAMETERISATIONS = ("compensator", "class_specific")
-AUGMENTS = ("roll", "rrc_flip_roll", "none")
 
 
 @dataclasses.dataclass(frozen=True)
 class RecoverConfig:
-  """Recover hyper-parameters (ALGORITHM.md, "Recover" and "Recipes").
+  """Recover hyper-parameters (docs/algorithm.md, "Recover" and "Recipes").
 
   Attributes:
     iterations: optimisation steps per teacher.
@@ -70,7 +70,7 @@ class RecoverConfig:
   first_bn_multiplier: float = 10.0
   jitter: int = 4
   augment: str = "roll"
-  rrc_scale: tuple[float, float] = (0.08, 1.0)
+  rrc_scale: tuple[float, float] = RRC_SCALE
   parameterisation: str = "compensator"
   checkpoint_every: int = 100
   log_every: int = 100
@@ -82,8 +82,10 @@ class RecoverConfig:
         f"recover parameterisation must be one of {PARAMETERISATIONS}, got "
         f"{self.parameterisation!r}."
       )
-    if self.augment not in AUGMENTS:
-      raise InputError(f"recover augment must be one of {AUGMENTS}, got {self.augment!r}.")
+    if self.augment not in SUBSET_AUGMENTATIONS:
+      raise InputError(
+        f"recover augment must be one of {SUBSET_AUGMENTATIONS}, got {self.augment!r}."
+      )
     if self.iterations < 1 or self.lr <= 0 or self.jitter < 0:
       raise InputError(
         f"recover needs iterations >= 1, lr > 0 and jitter >= 0; got "
@@ -98,78 +100,6 @@ class RecoverConfig:
     kw = {k: (tuple(v) if k == "rrc_scale" else v) for k, v in items.items() if k in fields}
     kw.update(overrides)
     return cls(**kw)
-
-
-# --------------------------------------------------------------------------- augmentation
-
-
-def roll(key: jax.Array, x: jax.Array, jitter: int) -> jax.Array:
-  """Cyclic shift of a whole subset by (dy, dx), each uniform in {0, ..., jitter}.
-
-  Args:
-    key: PRNG key (one draw for the subset).
-    x: ``[C, H, W, 3]``.
-    jitter: maximal shift.
-
-  Returns:
-    ``[C, H, W, 3]``, rolled along H and W.
-  """
-  dy, dx = jax.random.randint(key, (2,), 0, jitter + 1)
-  return jnp.roll(x, (dy, dx), axis=(1, 2))
-
-
-def random_resized_crop_flip(
-  key: jax.Array,
-  x: jax.Array,
-  scale: tuple[float, float] = (0.08, 1.0),
-  ratio: tuple[float, float] = (3 / 4, 4 / 3),
-) -> jax.Array:
-  """Differentiable random resized crop + horizontal flip, one draw for the subset.
-
-  The crop (area fraction in ``scale``, log-uniform aspect ratio in ``ratio``, clamped to
-  the image) is resized back to ``H x W`` bilinearly with ``jax.image.scale_and_translate``,
-  so gradients flow to the input.
-
-  Args:
-    key: PRNG key.
-    x: ``[C, H, W, 3]``.
-    scale: area fraction range.
-    ratio: aspect-ratio range (w / h).
-
-  Returns:
-    ``[C, H, W, 3]``.
-  """
-  _, h, w, _ = x.shape
-  k_area, k_ratio, k_top, k_left, k_flip = jax.random.split(key, 5)
-  area = h * w * jax.random.uniform(k_area, (), minval=scale[0], maxval=scale[1])
-  log_r = jax.random.uniform(k_ratio, (), minval=np.log(ratio[0]), maxval=np.log(ratio[1]))
-  aspect = jnp.exp(log_r)
-  crop_w = jnp.clip(jnp.sqrt(area * aspect), 1.0, w)
-  crop_h = jnp.clip(jnp.sqrt(area / aspect), 1.0, h)
-  top = jax.random.uniform(k_top, ()) * (h - crop_h)
-  left = jax.random.uniform(k_left, ()) * (w - crop_w)
-  sy, sx = h / crop_h, w / crop_w
-  out = jax.image.scale_and_translate(
-    x,
-    x.shape,
-    spatial_dims=(1, 2),
-    scale=jnp.stack([sy, sx]),
-    translation=jnp.stack([-top * sy, -left * sx]),
-    method="linear",
-    antialias=False,
-  )
-  flip = jax.random.bernoulli(k_flip)
-  return jnp.where(flip, out[:, :, ::-1], out)
-
-
-def augment(key: jax.Array, x: jax.Array, cfg: RecoverConfig) -> jax.Array:
-  """The per-step recover augmentation of one subset ``x [C, H, W, 3]``."""
-  if cfg.augment == "none":
-    return x
-  k_crop, k_roll = jax.random.split(key)
-  if cfg.augment == "rrc_flip_roll":
-    x = random_resized_crop_flip(k_crop, x, cfg.rrc_scale)
-  return roll(k_roll, x, cfg.jitter)
 
 
 # --------------------------------------------------------------------------- the step
@@ -210,7 +140,7 @@ def subset_loss(
   Returns:
     ``(loss, {'ce', 'bn'})`` scalars.
   """
-  x = augment(key, base_k + params_k, cfg)
+  x = augment_subset(key, base_k + params_k, cfg.augment, cfg.jitter, cfg.rrc_scale)
   loss, aux = bn_stats.teacher_loss(
     model,
     variables,
@@ -316,8 +246,8 @@ def recover_teacher(
   name = teacher.metadata["architecture"]
   tx = optimizer(cfg)
   params = init_params(cfg, k, c, image_shape, teacher_index)
-  shard = NamedSharding(mesh, P("data"))
-  repl = NamedSharding(mesh, P())
+  shard = train.batch_sharding(mesh)
+  repl = train.replicated(mesh)
   params = jax.device_put(_pad_subsets(params, mesh.size), shard)
 
   def place(tree):
@@ -341,7 +271,7 @@ def recover_teacher(
     latest = ckpt.latest_step()
     saved = padded
     if latest is not None:
-      saved = int(ckpt.read_json(latest, "data_iter").get("padded_subsets", padded))
+      saved = int(ckpt.read_json(latest, "data_iter")["padded_subsets"])
     if saved != padded:
       # Written on another device count (a preempted job relaunched on another allocation):
       # K was padded to another multiple. Restore replicated, then re-pad for this mesh.
@@ -388,8 +318,7 @@ def recover_teacher(
     return loss
 
   serialize = train.one_step_in_flight(mesh)
-  t0 = time.perf_counter()
-  window = (t0, start)
+  progress = progress_lib.Progress(f"[recover {name}]", log, unit="iteration")
   metrics = None
   for it in range(start, cfg.iterations):
     iteration = jax.device_put(np.int32(it), repl)
@@ -397,22 +326,17 @@ def recover_teacher(
     if serialize:
       jax.block_until_ready(params)
     done = it + 1
-    if it == start:
-      jax.block_until_ready(params)
-      log(
-        f"[recover {name}] compiled and ran the first iteration in {time.perf_counter() - t0:.1f}s"
-      )
-      window = (time.perf_counter(), done)
+    progress.count(k * c)
+    progress.first_step_done(params)
     if cfg.log_every and done % cfg.log_every == 0:
       loss = check_finite(metrics, done)
-      now = time.perf_counter()
-      rate = (done - window[1]) * k * c / max(now - window[0], 1e-9)
+      rate = progress.rate()
       log(
         f"[recover {name}] it {done}/{cfg.iterations} loss {loss.mean():.4f} "
         f"ce {distributed.to_host(metrics['ce'])[:k].mean():.4f} "
         f"bn {distributed.to_host(metrics['bn'])[:k].mean():.4f} {rate:.1f} img-it/s"
       )
-      window = (now, done)
+      progress.reset_window()
     if ckpt is not None and (done % cfg.checkpoint_every == 0 or done == cfg.iterations):
       check_finite(metrics, done)
       jax.block_until_ready(params)

@@ -14,10 +14,9 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
-from infer_jax import checkpoint, distributed, train
+from infer_jax.runtime import checkpoint, distributed, train
 
 
 @functools.lru_cache(maxsize=32)
@@ -46,8 +45,8 @@ def teacher_logits(
   """
   mesh = mesh if mesh is not None else train.data_mesh()
   batch_size = -(-batch_size // mesh.size) * mesh.size
-  shard = NamedSharding(mesh, P("data"))
-  variables = jax.device_put(teacher.variables, NamedSharding(mesh, P()))
+  shard = train.batch_sharding(mesh)
+  variables = jax.device_put(teacher.variables, train.replicated(mesh))
   fn = _logits_fn(teacher.model)
   out = []
   for start in range(0, len(instances), batch_size):

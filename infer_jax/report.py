@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from infer_jax import synthetic
-from infer_jax.errors import InputError
+from infer_jax.runtime import atomic, config_lib
+from infer_jax.runtime.errors import InputError
 
 # Methods compared against INFER in the generated statements, by row key.
 _BASELINES = ("random_hard", "random", "infer_wo_ufc", "sre2l")
@@ -292,10 +293,10 @@ def plot_compensators(s: synthetic.SyntheticSet, path: str, *, subset: int = 0, 
 def _pyplot():
   """``matplotlib.pyplot`` on the file-only Agg backend (imported on first use: the tables
   need no matplotlib)."""
-  import matplotlib  # noqa: PLC0415
+  import matplotlib
 
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
+  import matplotlib.pyplot as plt
 
   return plt
 
@@ -303,9 +304,7 @@ def _pyplot():
 def _save_figure(fig, path: str) -> None:
   """Writes a PNG atomically (temporary file, then rename)."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}.png"
-  fig.savefig(tmp, dpi=110)
-  os.replace(tmp, path)
+  atomic.write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
 
 
 def _slug(text: str) -> str:
@@ -339,7 +338,7 @@ def write_report(
   for summary in results:
     path = (sets or {}).get(title(summary))
     if path is None:
-      workdir = summary["config"].get("workdir") or f"workdir/{summary['config']['name']}"
+      workdir = config_lib.workdir(summary["config"])
       path = os.path.join(workdir, "synthetic", "infer.npz")
     if os.path.exists(path):
       png = os.path.join(fig_dir, f"compensators_{_slug(title(summary))}.png")
@@ -373,10 +372,7 @@ def write_report(
   md += [setting_markdown(r, grids) + "\n" for r in results]
   text = "\n".join(md)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  tmp = f"{out}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, out)
+  atomic.write_text(out, text)
   return {"markdown": out, "figures": written}
 
 
@@ -408,10 +404,7 @@ def _insert_preamble(out: str, preamble: str) -> None:
     extra = f.read().strip()
   with open(out) as f:
     title_line, rest = f.read().split("\n", 1)
-  checkpoint_tmp = f"{out}.tmp-{os.getpid()}"
-  with open(checkpoint_tmp, "w") as f:
-    f.write(f"{title_line}\n\n{extra}\n{rest}")
-  os.replace(checkpoint_tmp, out)
+  atomic.write_text(out, f"{title_line}\n\n{extra}\n{rest}")
 
 
 if __name__ == "__main__":

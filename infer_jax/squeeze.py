@@ -13,29 +13,74 @@ run would; a finished teacher is loaded, not retrained.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import time
 import zlib
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
-from infer_jax import checkpoint, config_lib, distributed, train
-from infer_jax.data import pipeline, sources
-from infer_jax.errors import InputError
+from infer_jax.data import pipeline, sources, types
+from infer_jax.runtime import atomic, checkpoint, config_lib, distributed, train
+from infer_jax.runtime import progress as progress_lib
+from infer_jax.runtime.errors import InputError
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
+@dataclasses.dataclass(frozen=True)
+class SqueezeConfig:
+  """The teacher recipe (``config.squeeze``; docs/algorithm.md, "Recipes").
 
-def teacher_dir(workdir: str, architecture: str) -> str:
-  """Directory of one teacher's checkpoints: ``<workdir>/teachers/<architecture>``."""
-  return os.path.join(workdir, "teachers", architecture)
+  Attributes:
+    epochs: passes over the training set.
+    batch_size: global batch size (divisible by the device count).
+    lr: peak learning rate of SGD, cosine-decayed to 0 after ``warmup_epochs``.
+    momentum: SGD momentum.
+    nesterov: Nesterov momentum.
+    weight_decay: coupled (PyTorch-style) weight decay.
+    warmup_epochs: linear warm-up epochs.
+    label_smoothing: label smoothing of the cross-entropy.
+    augment: 'crop_flip', 'rrc_flip', 'flip' or 'none' (host-side, in the grain pipeline).
+    crop_padding: pixels of padding per side for 'crop_flip'.
+    eval_batch_size: test batch size (rounded up to a multiple of the device count).
+    checkpoint_every_steps: steps between resumable checkpoints.
+    log_every_steps: steps between progress lines.
+    dtype: computation dtype, 'float32' or 'bfloat16'.
+    worker_count: grain worker processes for augmentation (0 = in-process).
+  """
+
+  epochs: int = 200
+  batch_size: int = 128
+  lr: float = 0.1
+  momentum: float = 0.9
+  nesterov: bool = False
+  weight_decay: float = 5e-4
+  warmup_epochs: int = 0
+  label_smoothing: float = 0.0
+  augment: str = "crop_flip"
+  crop_padding: int = 4
+  eval_batch_size: int = 500
+  checkpoint_every_steps: int = 500
+  log_every_steps: int = 50
+  dtype: str = "float32"
+  worker_count: int = 0
+
+  def __post_init__(self):
+    if self.dtype not in train.DTYPES:
+      raise InputError(
+        f"config.squeeze.dtype must be one of {list(train.DTYPES)}, got {self.dtype!r}."
+      )
+
+  @classmethod
+  def from_config(cls, cfg: Any) -> SqueezeConfig:
+    """Builds the recipe from ``config.squeeze`` (a ConfigDict block or mapping)."""
+    return cls(**config_lib.typed_fields(cls, cfg, "squeeze"))
 
 
 def expected_teacher(
-  config: ml_collections.ConfigDict, info: sources.DatasetInfo, architecture: str
+  config: ml_collections.ConfigDict, info: types.DatasetInfo, architecture: str
 ) -> dict[str, Any]:
   """The identity (IDENTITY_KEYS of checkpoint.py) a teacher of this run must have."""
   return {
@@ -46,6 +91,19 @@ def expected_teacher(
     "image_shape": list(info.image_shape),
     "dataset": info.name,
   }
+
+
+def teacher_identities(
+  config: ml_collections.ConfigDict, info: types.DatasetInfo
+) -> dict[str, dict[str, Any]]:
+  """``{architecture: expected_teacher(...)}`` for every teacher of ``config``, in config order.
+
+  Computed once per run and handed to the functions that train, check and load teachers.
+
+  Raises:
+    InputError: ``config.teachers`` is empty, names an unknown architecture or one twice.
+  """
+  return {name: expected_teacher(config, info, name) for name in config_lib.teacher_names(config)}
 
 
 def accuracy_text(accuracy: float | None) -> str:
@@ -60,29 +118,28 @@ def _round_up(n: int, multiple: int) -> int:
 
 def train_teacher(
   config: ml_collections.ConfigDict,
-  dataset: sources.Dataset,
-  architecture: str,
+  dataset: types.Dataset,
+  identity: dict[str, Any],
   directory: str,
   mesh,
+  sq: SqueezeConfig,
 ) -> dict[str, Any]:
   """Trains one teacher (resuming if possible) and writes its final checkpoint.
 
   Args:
     config: the run config (``config.squeeze`` is the recipe).
     dataset: the real dataset.
-    architecture: registry name of the teacher.
+    identity: the teacher's :func:`expected_teacher` (its architecture included).
     directory: the teacher's directory.
     mesh: device mesh; the batch is sharded over its 'data' axis.
+    sq: the teacher recipe (``SqueezeConfig.from_config(config.squeeze)``).
 
   Returns:
     The teacher's metadata (test accuracy included).
   """
-  sq = config.squeeze
   info = dataset.info
-  identity = expected_teacher(config, info, architecture)
-  if sq.dtype not in DTYPES:
-    raise InputError(f"config.squeeze.dtype must be one of {list(DTYPES)}, got {sq.dtype!r}.")
-  model = checkpoint.build_teacher_model(identity, DTYPES[sq.dtype])
+  architecture = identity["architecture"]
+  model = checkpoint.build_teacher_model(identity, train.DTYPES[sq.dtype])
   # A per-architecture seed that does not depend on the teacher's position in the list.
   seed = (config.seed * 1_000_003 + zlib.crc32(architecture.encode())) % (2**31)
 
@@ -123,37 +180,28 @@ def train_teacher(
   step = int(state.step)
   serialize = train.one_step_in_flight(mesh)
   meta = dict(identity)
-  start = time.perf_counter()
-  window_start, window_steps = start, 0
-  compile_reported = False
+  progress = progress_lib.Progress(f"[{architecture}]", functools.partial(print, flush=True))
+  start = progress.start
   while step < total_steps:
     batch = next(iterator)
     state, metrics = train_step(state, batch)
     if serialize:
       jax.block_until_ready(state)
     step += 1
-    window_steps += 1
-    if not compile_reported:
-      jax.block_until_ready(metrics)
-      print(
-        f"[{architecture}] compiled and ran the first step in {time.perf_counter() - start:.1f}s",
-        flush=True,
-      )
-      compile_reported = True
-      window_start, window_steps = time.perf_counter(), 0
+    progress.count(sq.batch_size)
+    if progress.first_step_done(metrics):
+      pass
     elif step % sq.log_every_steps == 0 or step == total_steps:
       metrics = jax.device_get(metrics)
-      now = time.perf_counter()
-      rate = window_steps * sq.batch_size / max(now - window_start, 1e-9)
-      eta = (total_steps - step) * sq.batch_size / max(rate, 1e-9)
+      rate = progress.rate()
       epoch = step / iterator.steps_per_epoch
       print(
         f"[{architecture}] epoch {epoch:6.2f}/{sq.epochs} step {step}/{total_steps} "
         f"loss {float(metrics['loss']):.4f} acc {float(metrics['accuracy']):.3f} "
-        f"{rate:7.1f} img/s eta {train.format_duration(eta)}",
+        f"{rate:7.1f} img/s eta {progress.eta((total_steps - step) * sq.batch_size, rate)}",
         flush=True,
       )
-      window_start, window_steps = now, 0
+      progress.reset_window()
     if step % sq.checkpoint_every_steps == 0 and step < total_steps:
       jax.block_until_ready(state)  # see train.one_step_in_flight
       ckpt.save(step, state, iterator.get_state(), meta)
@@ -182,7 +230,7 @@ def train_teacher(
     label_names=list(info.label_names),
     train_steps=total_steps,
     seed=seed,
-    recipe=sq.to_dict(),
+    recipe=dict(sorted(dataclasses.asdict(sq).items())),  # keys sorted, as ConfigDict.to_dict
     train_seconds=round(time.perf_counter() - start, 2),
   )
   checkpoint.save_teacher(directory, variables, metadata)
@@ -192,24 +240,30 @@ def train_teacher(
 
 
 def squeeze(
-  config: ml_collections.ConfigDict, dataset: sources.Dataset | None = None
+  config: ml_collections.ConfigDict,
+  dataset: types.Dataset | None = None,
+  identities: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
   """Trains (or reuses) every teacher of ``config``; returns their metadata by name.
 
   Args:
     config: run config.
     dataset: the loaded dataset (loaded from ``config.data`` when None).
+    identities: :func:`teacher_identities` of the run (computed here when None).
 
   Returns:
     ``{architecture: metadata}`` for every teacher, in config order.
   """
-  names = config_lib.teacher_names(config)
+  if identities is None:
+    config_lib.teacher_names(config)  # refuse a bad teacher list before loading any data
   dataset = sources.load_from_config(config.data) if dataset is None else dataset
+  if identities is None:
+    identities = teacher_identities(config, dataset.info)
+  sq = SqueezeConfig.from_config(config.squeeze)
   mesh = train.data_mesh()
   results = {}
-  for name in names:
+  for name, identity in identities.items():
     directory = config_lib.teacher_dir(config, name)
-    identity = expected_teacher(config, dataset.info, name)
     if checkpoint.teacher_exists(directory):
       meta = checkpoint.read_teacher_metadata(directory)
       checkpoint.check_teacher_metadata(meta, identity, directory)
@@ -220,11 +274,34 @@ def squeeze(
       )
       results[name] = meta
       continue
-    results[name] = train_teacher(config, dataset, name, directory, mesh)
+    results[name] = train_teacher(config, dataset, identity, directory, mesh, sq)
   return results
 
 
-def _print_table(results: dict[str, dict[str, Any]], info: sources.DatasetInfo) -> None:
+def load_teachers(
+  config: ml_collections.ConfigDict,
+  dataset: types.Dataset,
+  identities: dict[str, dict[str, Any]] | None = None,
+) -> list[checkpoint.Teacher]:
+  """Squeezes (or reuses) and loads every teacher of ``config``, checking their identity.
+
+  Args:
+    config: run config.
+    dataset: the real dataset.
+    identities: :func:`teacher_identities` of the run, when the caller has them already.
+
+  Returns:
+    The teachers, in config order.
+  """
+  identities = teacher_identities(config, dataset.info) if identities is None else identities
+  squeeze(config, dataset, identities)
+  return [
+    checkpoint.load_teacher(config_lib.teacher_dir(config, name), expected=identity)
+    for name, identity in identities.items()
+  ]
+
+
+def _print_table(results: dict[str, dict[str, Any]], info: types.DatasetInfo) -> None:
   print(
     f"\nTeachers on {info.name} ({info.num_classes} classes, "
     f"{info.image_shape[0]}x{info.image_shape[1]}):"
@@ -234,7 +311,7 @@ def _print_table(results: dict[str, dict[str, Any]], info: sources.DatasetInfo) 
     seconds = meta.get("train_seconds")
     print(
       f"  {name:<20} {meta['width']:>6.3g} {accuracy_text(meta.get('test_accuracy')):>11} "
-      f"{train.format_duration(seconds) if seconds is not None else '-':>11}"
+      f"{progress_lib.format_duration(seconds) if seconds is not None else '-':>11}"
     )
 
 
@@ -251,10 +328,10 @@ def main(config: ml_collections.ConfigDict) -> None:
   # The workdir may not exist yet when the teachers live elsewhere (config.teachers_dir).
   os.makedirs(config_lib.workdir(config), exist_ok=True)
   path = os.path.join(config_lib.workdir(config), "teachers.json")
-  distributed.on_primary("teachers.json", lambda: checkpoint.write_json_atomic(path, results))
+  distributed.on_primary("teachers.json", lambda: atomic.write_json(path, results))
 
 
 if __name__ == "__main__":
-  from infer_jax import cli
+  from infer_jax.runtime import cli
 
   cli.run(main)

@@ -1,29 +1,29 @@
 """Evaluate a synthetic set: train a student from scratch on it, report top-1 on the real test set.
 
-This is the "Student training (evaluation)" stage of ALGORITHM.md. The set is read through the
+This is the "Student training (evaluation)" stage of docs/algorithm.md. The set is read through the
 grain input pipeline and every per-step operation on the batch runs inside one jitted step:
 
   grain: shuffle (per epoch) -> batch -> shard    device: augment (per image) -> MixUp ->
                                                           targets -> loss -> update
 
-* Input: :class:`SetSource` exposes the instances (materialised arrays, or a ``SyntheticSet``
-  whose ``clip(x + u)`` instances are built as they are read) to
-  :func:`infer_jax.data.pipeline.train_iterator`, which shuffles with ``cfg.seed`` (a new
-  order each epoch), drops the last partial batch (static shapes), prefetches on a background
-  thread and places each global batch sharded over the mesh's 'data' axis (each process loads
-  only its own rows). A set smaller than ``batch_size`` is trained with one batch of all of it
-  per epoch (the batch size is clamped to ``N``, rounded down to a multiple of the device
-  count, with a printed note), which is what a PyTorch ``DataLoader`` does with such a set.
-* Augmentation: 'crop_flip' pads every image by ``crop_padding`` pixels per side and takes a
-  random window of the original size, then flips it left-right with p=0.5. The padding is
-  *black*: the instances are in normalised space, so the pad value is ``-mean/std`` per channel,
-  which is exactly what the PyTorch recipe (pad the [0, 1] image with 0, then normalise) feeds
-  the network. 'rrc_flip' is torchvision's RandomResizedCrop (scale (0.08, 1), ratio (3/4, 4/3),
-  ten tries then a centre-crop fallback) resized back bilinearly with antialiasing, then a flip.
-  'flip' and 'none' do what they say. Parameters are drawn per image.
-* MixUp: ``lam ~ Beta(alpha, alpha)`` once per batch, partner = a random permutation of the
-  batch; images and targets (teacher *logits* for static soft labels, one-hot vectors for hard
-  labels) are mixed with the same ``lam``.
+* Input: :class:`infer_jax.data.set_source.SetSource` exposes the instances (materialised arrays,
+  or a ``SyntheticSet`` whose ``clip(x + u)`` instances are built as they are read) to
+  :func:`infer_jax.data.pipeline.train_iterator`, which shuffles with ``cfg.seed`` (a new order
+  each epoch), drops the last partial batch (static shapes), prefetches on a background thread and
+  places each global batch sharded over the mesh's 'data' axis (each process loads only its own
+  rows). A set smaller than ``batch_size`` is trained with one batch of all of it per epoch (the
+  batch size is clamped to ``N``, rounded down to a multiple of the device count, with a printed
+  note), which is what a PyTorch ``DataLoader`` does with such a set.
+* Augmentation (:mod:`infer_jax.core.augment`): 'crop_flip' pads every image by ``crop_padding``
+  pixels per side and takes a random window of the original size, then flips it left-right with
+  p=0.5. The padding is *black*: the instances are in normalised space, so the pad value is
+  ``-mean/std`` per channel, which is exactly what the PyTorch recipe (pad the [0, 1] image with
+  0, then normalise) feeds the network. 'rrc_flip' is torchvision's RandomResizedCrop (scale
+  (0.08, 1), ratio (3/4, 4/3), ten tries then a centre-crop fallback) resized back bilinearly with
+  antialiasing, then a flip. 'flip' and 'none' do what they say. Parameters are drawn per image.
+* MixUp (:mod:`infer_jax.core.losses`): ``lam ~ Beta(alpha, alpha)`` once per batch, partner = a
+  random permutation of the batch; images and targets (teacher *logits* for static soft labels,
+  one-hot vectors for hard labels) are mixed with the same ``lam``.
 * Targets and loss: static soft labels -> ``KL(softmax(y/T) || softmax(z/T))``, batch mean, no
   ``T**2`` factor; hard labels -> cross-entropy on the mixed one-hot targets; ``label_fn``
   (INFER+Dyn) -> soft labels computed on the augmented, mixed batch inside the step, same KL.
@@ -35,17 +35,16 @@ grain input pipeline and every per-step operation on the batch runs inside one j
 * Sharding: the state is replicated over the mesh, the batch is split over its 'data' axis
   (``batch_size`` must be divisible by the device count).
 
-Protocol (docs/PROTOCOL.md): the figure to report is ``final_top1``. ``best_top1`` (with
+Protocol (docs/protocol.md): the figure to report is ``final_top1``. ``best_top1`` (with
 ``eval_every_epochs > 0``) selects an epoch on the test set and is for comparison with papers
 only, labelled as such wherever it is printed. For INFER+Dyn the caller divides the epochs by
-``M + 1`` (ALGORITHM.md, "Relabel") to keep the work comparable.
+``M + 1`` (docs/algorithm.md, "Relabel") to keep the work comparable.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -56,19 +55,15 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from infer_jax import models, train
+from infer_jax import models
+from infer_jax.core import augment, losses
 from infer_jax.data import pipeline
-from infer_jax.errors import InputError
+from infer_jax.data.set_source import SetSource
+from infer_jax.runtime import config_lib, train
+from infer_jax.runtime import progress as progress_lib
+from infer_jax.runtime.errors import InputError
 
 OPTIMIZERS = ("adamw", "sgd")
-AUGMENTATIONS = ("crop_flip", "rrc_flip", "flip", "none")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-# torchvision RandomResizedCrop defaults and its number of candidate windows before falling back
-# to a centre crop.
-RRC_SCALE = (0.08, 1.0)
-RRC_RATIO = (3 / 4, 4 / 3)
-_RRC_TRIES = 10
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -93,7 +88,7 @@ LABEL_MODES = ("static", "hard", "dynamic")
 
 @dataclasses.dataclass(frozen=True)
 class StudentConfig:
-  """The student recipe (ALGORITHM.md "Recipes"; defaults are the CIFAR static-label recipe).
+  """The student recipe (docs/algorithm.md "Recipes"; defaults are the CIFAR static-label recipe).
 
   Attributes:
     arch: registry name of the student (``infer_jax.models.list_models()``).
@@ -159,16 +154,16 @@ class StudentConfig:
       problems.append(f"temperature must be positive, got {self.temperature}")
     if self.mixup_alpha < 0:
       problems.append(f"mixup_alpha must be >= 0 (0 disables MixUp), got {self.mixup_alpha}")
-    if self.augment not in AUGMENTATIONS:
-      problems.append(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
+    if self.augment not in augment.AUGMENTATIONS:
+      problems.append(f"augment must be one of {augment.AUGMENTATIONS}, got {self.augment!r}")
     if self.crop_padding < 0:
       problems.append(f"crop_padding must be >= 0, got {self.crop_padding}")
     if self.eval_every_epochs < 0 or self.log_every_epochs < 0:
       problems.append("eval_every_epochs and log_every_epochs must be >= 0 (0 = at the end)")
     if not 0 <= self.seed < 2**32:
       problems.append(f"seed must be in [0, 2**32), got {self.seed}")
-    if self.dtype not in DTYPES:
-      problems.append(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+    if self.dtype not in train.DTYPES:
+      problems.append(f"dtype must be one of {list(train.DTYPES)}, got {self.dtype!r}")
     if problems:
       raise InputError(
         "Invalid student config: "
@@ -187,211 +182,18 @@ class StudentConfig:
     Raises:
       InputError: a value cannot be converted or is invalid.
     """
-    kwargs = {}
-    for field in dataclasses.fields(cls):
-      if field.name not in cfg:
-        continue
-      value = cfg[field.name]
-      kind = type(field.default)
-      try:
-        if kind is int and float(value) != int(value):
-          raise ValueError("not an integer")
-        kwargs[field.name] = kind(value)
-      except (TypeError, ValueError) as e:
-        raise InputError(
-          f"student config field {field.name!r} must be a {kind.__name__}, got {value!r}."
-        ) from e
-    return cls(**kwargs)
+    return cls(**config_lib.typed_fields(cls, cfg, "student"))
 
 
 # ---------------------------------------------------------------------------------------------
 # Pure numeric core.
 
 
-def kl_divergence_with_temperature(
-  student_logits: jax.Array, teacher_logits: jax.Array, temperature: float
-) -> jax.Array:
-  """``KL(softmax(teacher/T) || softmax(student/T))``, summed over classes, batch mean.
-
-  PyTorch ``KLDivLoss(reduction='batchmean')(log_softmax(z/T), softmax(y/T))``; no ``T**2``
-  factor (the INFER recipe does not use one).
-
-  Args:
-    student_logits: ``[B, C]`` logits ``z`` of the network being trained.
-    teacher_logits: ``[B, C]`` target logits ``y`` (teacher logits, possibly MixUp-mixed).
-    temperature: ``T > 0``.
-
-  Returns:
-    float32 scalar, >= 0, zero when the two distributions are equal.
-  """
-  student_logits = jnp.asarray(student_logits, jnp.float32)
-  teacher_logits = jnp.asarray(teacher_logits, jnp.float32)
-  log_p_student = jax.nn.log_softmax(student_logits / temperature, axis=-1)
-  log_p_teacher = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
-  # log_softmax is finite for finite logits, so p * (log p - log q) is 0 (not NaN) where p
-  # underflows to 0.
-  kl = jnp.sum(jnp.exp(log_p_teacher) * (log_p_teacher - log_p_student), axis=-1)
-  return jnp.mean(kl)
-
-
-def mixup(
-  key: jax.Array, images: jax.Array, targets: jax.Array | None, alpha: float
-) -> tuple[jax.Array, jax.Array | None, jax.Array]:
-  """MixUp with one ``lam ~ Beta(alpha, alpha)`` per batch and a permutation as partners.
-
-  ``mixed = lam * x + (1 - lam) * x[perm]`` for the images and, with the same ``lam`` and
-  ``perm``, for the targets (teacher logits or one-hot vectors: both mix linearly).
-
-  Args:
-    key: PRNG key; the same key gives the same ``lam`` and partners.
-    images: ``[B, H, W, C]`` float images.
-    targets: ``[B, K]`` targets, or None (dynamic labels are computed after mixing).
-    alpha: Beta parameter; ``alpha == 0`` disables MixUp (``lam = 1``, inputs unchanged).
-
-  Returns:
-    ``(mixed_images [B, H, W, C], mixed_targets [B, K] or None, lam)``, ``lam`` a float32
-    scalar in [0, 1].
-  """
-  if alpha == 0:
-    return images, targets, jnp.ones((), jnp.float32)
-  lam_key, perm_key = jax.random.split(key)
-  lam = jax.random.beta(lam_key, alpha, alpha, dtype=jnp.float32)
-  perm = jax.random.permutation(perm_key, images.shape[0])
-
-  def mix(x):
-    return (lam * x + (1.0 - lam) * x[perm]).astype(x.dtype)
-
-  return mix(images), None if targets is None else mix(targets), lam
-
-
-def random_crop_flip(
-  key: jax.Array, image: jax.Array, padding: int, fill: jax.Array | Sequence[float] = 0.0
-) -> jax.Array:
-  """Pads one image by ``padding`` pixels per side with ``fill``, crops a random window of the
-  original size, and mirrors it left-right with probability 0.5 (PyTorch
-  ``RandomCrop(size, padding)`` + ``RandomHorizontalFlip``).
-
-  Args:
-    key: PRNG key.
-    image: ``[H, W, C]``.
-    padding: pixels per side; the window's corner is uniform in ``[0, 2 * padding]**2``.
-    fill: pad value, scalar or ``[C]`` (per channel, e.g. the normalised value of black).
-
-  Returns:
-    ``[H, W, C]``, same dtype.
-  """
-  crop_key, flip_key = jax.random.split(key)
-  h, w, c = image.shape
-  if padding > 0:
-    # Build the padded canvas from the fill and write the image into it (rather than padding
-    # image - fill with zeros and adding fill back), so that interior pixels stay bit-exact.
-    canvas = jnp.broadcast_to(jnp.asarray(fill, image.dtype), (h + 2 * padding, w + 2 * padding, c))
-    canvas = jax.lax.dynamic_update_slice(canvas, image, (padding, padding, 0))
-    top, left = jax.random.randint(crop_key, (2,), 0, 2 * padding + 1)
-    image = jax.lax.dynamic_slice(canvas, (top, left, 0), (h, w, c))
-  return _random_flip(flip_key, image)
-
-
-def random_resized_crop_flip(
-  key: jax.Array,
-  image: jax.Array,
-  scale: tuple[float, float] = RRC_SCALE,
-  ratio: tuple[float, float] = RRC_RATIO,
-) -> jax.Array:
-  """torchvision ``RandomResizedCrop`` back to the image's size, then a flip with p=0.5.
-
-  Up to ten windows with area fraction ~ U(scale) and aspect ratio (w/h) ~ logU(ratio) are
-  drawn; the first that fits is used, at a uniform integer position; if none fits, the largest
-  centred window with the aspect ratio clamped into ``ratio``. The window is resampled
-  bilinearly with antialiasing (``jax.image.scale_and_translate``).
-
-  Args:
-    key: PRNG key.
-    image: ``[H, W, C]`` float.
-    scale: (min, max) fraction of the image area.
-    ratio: (min, max) width / height.
-
-  Returns:
-    ``[H, W, C]``, same dtype.
-  """
-  area_key, ratio_key, top_key, left_key, flip_key = jax.random.split(key, 5)
-  h, w, _ = image.shape
-  target_area = (
-    h * w * jax.random.uniform(area_key, (_RRC_TRIES,), minval=scale[0], maxval=scale[1])
-  )
-  log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-  aspect = jnp.exp(jax.random.uniform(ratio_key, (_RRC_TRIES,), minval=log_lo, maxval=log_hi))
-  # jnp.round rounds half to even like Python's round(), which torchvision uses.
-  cand_w = jnp.round(jnp.sqrt(target_area * aspect)).astype(jnp.int32)
-  cand_h = jnp.round(jnp.sqrt(target_area / aspect)).astype(jnp.int32)
-  fits = (cand_w > 0) & (cand_w <= w) & (cand_h > 0) & (cand_h <= h)
-  first = jnp.argmax(fits)
-  # Fallback (static: the image size is known at trace time).
-  lo, hi = min(ratio), max(ratio)
-  if w / h < lo:
-    fallback_w, fallback_h = w, round(w / lo)
-  elif w / h > hi:
-    fallback_w, fallback_h = round(h * hi), h
-  else:
-    fallback_w, fallback_h = w, h
-  found = fits[first]
-  crop_w = jnp.where(found, cand_w[first], fallback_w)
-  crop_h = jnp.where(found, cand_h[first], fallback_h)
-  top = jnp.where(found, jax.random.randint(top_key, (), 0, h - crop_h + 1), (h - crop_h) // 2)
-  left = jnp.where(found, jax.random.randint(left_key, (), 0, w - crop_w + 1), (w - crop_w) // 2)
-  # Output pixel x samples input x / scale - translation / scale: maps the window onto [0, W).
-  scale_hw = jnp.stack([h / crop_h, w / crop_w]).astype(jnp.float32)
-  translation = -jnp.stack([top, left]).astype(jnp.float32) * scale_hw
-  out = jax.image.scale_and_translate(
-    image, image.shape, (0, 1), scale_hw, translation, method="linear", antialias=True
-  )
-  return _random_flip(flip_key, out.astype(image.dtype))
-
-
-def _random_flip(key: jax.Array, image: jax.Array) -> jax.Array:
-  """Mirrors ``[H, W, C]`` left-right with probability 0.5."""
-  return jnp.where(jax.random.bernoulli(key), image[:, ::-1], image)
-
-
-def augment_batch(
-  key: jax.Array,
-  images: jax.Array,
-  augment: str,
-  *,
-  crop_padding: int = 4,
-  fill: jax.Array | Sequence[float] = 0.0,
-) -> jax.Array:
-  """Augments every image of a batch with its own parameters (``vmap`` over per-image keys).
-
-  Args:
-    key: PRNG key of the batch.
-    images: ``[B, H, W, C]`` float images (normalised).
-    augment: 'crop_flip', 'rrc_flip', 'flip' or 'none' (see the module docstring).
-    crop_padding: padding per side for 'crop_flip'.
-    fill: pad value for 'crop_flip', scalar or ``[C]``.
-
-  Returns:
-    ``[B, H, W, C]``.
-  """
-  if augment == "none":
-    return images
-  keys = jax.random.split(key, images.shape[0])
-  if augment == "crop_flip":
-    one = functools.partial(random_crop_flip, padding=crop_padding, fill=fill)
-  elif augment == "rrc_flip":
-    one = random_resized_crop_flip
-  elif augment == "flip":
-    one = _random_flip
-  else:
-    raise InputError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}.")
-  return jax.vmap(one)(keys, images)
-
-
 def make_optimizer(cfg: StudentConfig, total_steps: int) -> optax.GradientTransformation:
   """The recipe's optimiser, its learning rate cosine-decayed from ``cfg.lr`` to 0.
 
   'adamw': ``optax.adamw`` (decoupled weight decay on every parameter, as
-  ``torch.optim.AdamW``); 'sgd': :func:`infer_jax.train.sgd_optimizer` (momentum, coupled
+  ``torch.optim.AdamW``); 'sgd': :func:`infer_jax.runtime.train.sgd_optimizer` (momentum, coupled
   weight decay, as ``torch.optim.SGD``).
   """
   if cfg.optimizer == "adamw":
@@ -443,7 +245,7 @@ def make_student_step(
     if label_mode == "hard":
       loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
     else:
-      loss = kl_divergence_with_temperature(logits, targets, cfg.temperature)
+      loss = losses.kl_divergence_with_temperature(logits, targets, cfg.temperature)
     return loss, updates["batch_stats"]
 
   @functools.partial(jax.jit, donate_argnums=(0,))
@@ -451,7 +253,7 @@ def make_student_step(
     state: train.TrainState, batch: Mapping[str, jax.Array], key: jax.Array, label_variables=None
   ):
     augment_key, mixup_key = jax.random.split(jax.random.fold_in(key, state.step))
-    images = augment_batch(
+    images = augment.augment_batch(
       augment_key,
       batch["image"].astype(jnp.float32),
       cfg.augment,
@@ -464,7 +266,7 @@ def make_student_step(
       targets = jax.nn.one_hot(batch["label"], num_classes, dtype=jnp.float32)
     else:
       targets = None
-    images, targets, _ = mixup(mixup_key, images, targets, cfg.mixup_alpha)
+    images, targets, _ = losses.mixup(mixup_key, images, targets, cfg.mixup_alpha)
     if label_mode == "dynamic":
       # Labels of what the student actually sees (augmented and mixed): INFER+Dyn.
       targets = label_fn.fn(label_variables, images).astype(jnp.float32)
@@ -504,7 +306,7 @@ def _compiled_parts(
   seeds of one method reuse one compilation.
   """
   model = models.create_model(
-    cfg.arch, num_classes, stem=cfg.stem, width=cfg.width, dtype=DTYPES[cfg.dtype]
+    cfg.arch, num_classes, stem=cfg.stem, width=cfg.width, dtype=train.DTYPES[cfg.dtype]
   )
   tx = make_optimizer(cfg, total_steps)
   step = make_student_step(
@@ -518,62 +320,6 @@ def _compiled_parts(
     label_fn=label_fn,
   )
   return model, tx, step, train.make_eval_step(model, mean=mean, std=std)
-
-
-class SetSource:
-  """Random-access view of a synthetic set for the grain input pipeline.
-
-  ``source[i] == {'image': float32 [H, W, 3], 'label': int32, 'soft_label': float32 [C]}``
-  (``soft_label`` only when the set has soft labels), and ``read_batch(indices)`` gives the
-  same fields stacked for a whole batch in one vectorised read (what the pipeline uses).
-  Built from materialised arrays (:meth:`from_arrays`) or from a
-  :class:`~infer_jax.synthetic.SyntheticSet`, whose instances ``clip(x + u)`` are then
-  materialised as they are read, so the set never needs to exist as float32 in memory
-  (ImageNet-scale sets).
-  """
-
-  def __init__(
-    self, length: int, read_rows: Callable[[np.ndarray], dict[str, np.ndarray]], has_soft: bool
-  ):
-    self._length = length
-    self._read_rows = read_rows
-    self.has_soft = has_soft
-
-  @classmethod
-  def from_arrays(cls, images: np.ndarray, soft: np.ndarray | None, hard: np.ndarray) -> SetSource:
-    """``images`` float32 ``[N, H, W, 3]``, ``soft`` ``[N, C]`` or None, ``hard`` int ``[N]``."""
-
-    def read_rows(rows: np.ndarray) -> dict[str, np.ndarray]:
-      out = {"image": images[rows], "label": hard[rows]}
-      if soft is not None:
-        out["soft_label"] = soft[rows]
-      return out
-
-    return cls(len(images), read_rows, soft is not None)
-
-  @classmethod
-  def from_synthetic(cls, s) -> SetSource:
-    """Materialises instances of ``s`` (a validated ``SyntheticSet``) as they are read."""
-    from infer_jax import synthetic  # noqa: PLC0415  (synthetic imports nothing from here)
-
-    def read_rows(rows: np.ndarray) -> dict[str, np.ndarray]:
-      images, soft, hard = synthetic.materialize_rows(s, rows)
-      out = {"image": images, "label": hard}
-      if soft is not None:
-        out["soft_label"] = soft
-      return out
-
-    return cls(s.num_instances, read_rows, s.labels is not None)
-
-  def __len__(self) -> int:
-    return self._length
-
-  def read_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-    """Fields of the instances ``indices`` (int ``[b]``), each stacked: ``[b, ...]``."""
-    return self._read_rows(np.asarray(indices, np.int64))
-
-  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    return {k: v[0] for k, v in self.read_batch(np.asarray([index])).items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -738,8 +484,9 @@ def train_student(
   n = len(source)
   devices = mesh.shape["data"]
   batch_size = effective_batch_size(cfg.batch_size, n, devices, log)
-  steps_per_epoch = n // batch_size
-  total_steps = cfg.epochs * steps_per_epoch
+  # batch_size <= n here, so this is n // batch_size (>= 1).
+  epoch_steps = steps_per_epoch(n, batch_size)
+  total_steps = cfg.epochs * epoch_steps
 
   model, tx, step_fn, eval_step = _compiled_parts(
     dataclasses.replace(cfg, seed=0),
@@ -782,29 +529,24 @@ def train_student(
 
   tag = f"[student {cfg.arch}]"
   log(
-    f"{tag} {n} instances, {label_mode} labels, batch {batch_size} x {steps_per_epoch} steps x "
+    f"{tag} {n} instances, {label_mode} labels, batch {batch_size} x {epoch_steps} steps x "
     f"{cfg.epochs} epochs = {total_steps} steps, {num_params:,} params, {devices} device(s)"
   )
   serialize_steps = train.one_step_in_flight(mesh)
   history: list[dict[str, Any]] = []
   train_seconds = 0.0
-  first_step_seconds = None
   epoch_losses: list[jax.Array] = []
   last_loss = float("nan")
-  window_start, window_images = time.perf_counter(), 0
+  progress = progress_lib.Progress(tag, log)
   for epoch in range(1, cfg.epochs + 1):
     segment_start = time.perf_counter()
-    for _ in range(steps_per_epoch):
+    for _ in range(epoch_steps):
       state, metrics = step_fn(state, next(batches), key, label_variables)
       epoch_losses.append(metrics["loss"])
       if serialize_steps:
         jax.block_until_ready(state)
-      if first_step_seconds is None:
-        jax.block_until_ready(state)
-        first_step_seconds = time.perf_counter() - segment_start
-        log(f"{tag} compiled and ran the first step in {first_step_seconds:.1f}s")
-        window_start, window_images = time.perf_counter(), -batch_size
-      window_images += batch_size
+      progress.count(batch_size)
+      progress.first_step_done(state)
     evaluate_now = epoch == cfg.epochs or (
       cfg.eval_every_epochs and epoch % cfg.eval_every_epochs == 0
     )
@@ -817,20 +559,20 @@ def train_student(
     if log_now:
       now = time.perf_counter()
       line = (
-        f"{tag} epoch {epoch}/{cfg.epochs} step {epoch * steps_per_epoch}/{total_steps} "
+        f"{tag} epoch {epoch}/{cfg.epochs} step {epoch * epoch_steps}/{total_steps} "
         f"loss {last_loss:.4f}"
       )
       # The window is empty right after the (compiling) first step: no rate to show yet.
-      if window_images > 0:
-        rate = window_images / max(now - window_start, 1e-9)
-        eta = (cfg.epochs - epoch) * steps_per_epoch * batch_size / rate
-        line += f" {rate:8.1f} img/s eta {train.format_duration(eta)}"
+      if progress.window_items > 0:
+        rate = progress.rate(now)
+        eta = progress.eta((cfg.epochs - epoch) * epoch_steps * batch_size, rate)
+        line += f" {rate:8.1f} img/s eta {eta}"
       if evaluate_now:
         top1 = test_top1()
         history.append({"epoch": epoch, "top1": top1})
         line += f" test top-1 {100 * top1:.2f}%"
       log(line)
-      window_start, window_images = time.perf_counter(), 0
+      progress.reset_window()
 
   batches.close()
   final_top1 = history[-1]["top1"]
@@ -838,12 +580,12 @@ def train_student(
   if cfg.eval_every_epochs:
     best = max(history, key=lambda h: h["top1"])
     best_top1, best_epoch = best["top1"], best["epoch"]
-  steady_seconds = train_seconds - (first_step_seconds or 0.0)
+  steady_seconds = train_seconds - (progress.first_step_seconds or 0.0)
   steady_images = (total_steps - 1) * batch_size
   images_per_second = steady_images / steady_seconds if steady_images and steady_seconds > 0 else 0
   summary = (
     f"{tag} final-epoch test top-1 {100 * final_top1:.2f}% after {cfg.epochs} epochs "
-    f"({total_steps} steps, {train.format_duration(train_seconds)} training, "
+    f"({total_steps} steps, {progress_lib.format_duration(train_seconds)} training, "
     f"{images_per_second:.1f} img/s)"
   )
   if best_top1 is not None:
@@ -858,7 +600,7 @@ def train_student(
     "best_epoch": best_epoch,
     "epochs": cfg.epochs,
     "steps": total_steps,
-    "steps_per_epoch": steps_per_epoch,
+    "steps_per_epoch": epoch_steps,
     "batch_size": batch_size,
     "label_mode": label_mode,
     "train_seconds": train_seconds,
@@ -867,3 +609,11 @@ def train_student(
     "history": history,
     "params": num_params,
   }
+
+
+def steps_per_epoch(num_instances: int, batch_size: int) -> int:
+  """Optimisation steps in one epoch over ``num_instances`` (one when the set is smaller
+  than a batch: the student then trains on all of it at once, see
+  :func:`effective_batch_size`). The one place this count is defined: the trainer and the
+  comparison's step budget both use it."""
+  return max(1, num_instances // batch_size)

@@ -26,23 +26,20 @@ Example::
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import datetime
 import hashlib
-import io
 import json
 import os
-import shutil
-import tempfile
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_dtypes
 import numpy as np
 
-from infer_jax.errors import InputError
+from infer_jax.runtime import atomic, distributed
+from infer_jax.runtime.errors import InputError
 
 FORMAT_VERSION = 1
 # Dtypes a compensator or label array may have; the names are what files and configs use.
@@ -58,7 +55,7 @@ _ARRAYS = ("images", "source_indices", "compensators", "labels")
 _METADATA_MEMBER = "metadata"
 _HEADER_MEMBER = "format"
 # Rows materialised at once by the chunked paths (bounds the float32 temporaries).
-_CHUNK_ROWS = 4096
+CHUNK_ROWS = 4096
 
 
 # --------------------------------------------------------------------------- the set
@@ -377,8 +374,8 @@ def materialize(s: SyntheticSet) -> tuple[np.ndarray, np.ndarray | None, np.ndar
   n = s.num_instances
   instances = np.empty((n, *s.images.shape[2:]), np.float32)
   # Chunks keep the temporaries small next to the output (large sets are GBs).
-  for start in range(0, n, _CHUNK_ROWS):
-    rows = np.arange(start, min(n, start + _CHUNK_ROWS))
+  for start in range(0, n, CHUNK_ROWS):
+    rows = np.arange(start, min(n, start + CHUNK_ROWS))
     _fill(s, rows, instances[rows[0] : rows[-1] + 1])
   soft = None if s.labels is None else s.labels.reshape(n, -1).astype(np.float32)
   hard = np.tile(np.arange(s.C, dtype=np.int32), s.K * (s.M + 1))
@@ -418,18 +415,6 @@ def storage_bytes(s: SyntheticSet) -> dict[str, int]:
   }
 
 
-def compression_ratio(s: SyntheticSet, num_train_images: int) -> float:
-  """``storage_bytes(s)['total'] / (num_train_images * H * W * 3)``: stored bytes over the
-  bytes of the original training set as uint8 pixels."""
-  if int(num_train_images) <= 0:
-    raise InputError(
-      f"num_train_images is {num_train_images}; pass the training-set size (> 0), e.g. "
-      "DatasetInfo.num_train."
-    )
-  h, w, ch = s.images.shape[2:]
-  return storage_bytes(s)["total"] / (int(num_train_images) * h * w * ch)
-
-
 # --------------------------------------------------------------------------- save / load
 
 
@@ -440,20 +425,6 @@ def _sha256(a: np.ndarray) -> str:
 def _stored(a: np.ndarray) -> np.ndarray:
   # npz has no bfloat16: store its raw bits; the header keeps the dtype name.
   return a.view(np.uint16) if a.dtype == FLOAT_DTYPES["bfloat16"] else a
-
-
-def _fsync_dir(directory: str) -> None:
-  # Makes the rename itself durable; not every platform can open a directory.
-  try:
-    fd = os.open(directory, os.O_RDONLY)
-  except OSError:
-    return
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass
-  finally:
-    os.close(fd)
 
 
 def save(path: str, s: SyntheticSet) -> None:
@@ -493,21 +464,8 @@ def save(path: str, s: SyntheticSet) -> None:
   members[_HEADER_MEMBER] = np.array(json.dumps(header, sort_keys=True))
 
   path = os.path.abspath(path)
-  directory = os.path.dirname(path)
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp-", dir=directory)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **members)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    # Whatever failed (disk full, a kill signal turned into an exception), leave no tmp.
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  _fsync_dir(directory)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  atomic.write(path, lambda f: np.savez(f, **members))
 
 
 def _corrupt(path: str, problem: str) -> InputError:
@@ -548,22 +506,6 @@ def _open(path: str) -> np.lib.npyio.NpzFile:
   if not isinstance(archive, np.lib.npyio.NpzFile):
     raise _corrupt(path, "it is a single .npy array, not an .npz archive")
   return archive
-
-
-def read_header(path: str) -> dict[str, Any]:
-  """The format header of a saved set, without reading its arrays.
-
-  Returns:
-    ``{'format', 'format_version', 'created' (ISO 8601, UTC), 'instance_order', 'arrays':
-    {name: {'dtype', 'shape', 'sha256'}}}``.
-  """
-  with _open(path) as archive:
-    try:
-      return _read_header(path, archive)
-    except InputError:
-      raise
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
-      raise _corrupt(path, f"its header cannot be read ({e})") from e
 
 
 def load(path: str, *, expected: Mapping[str, Any] | None = None) -> SyntheticSet:
@@ -649,130 +591,32 @@ def load(path: str, *, expected: Mapping[str, Any] | None = None) -> SyntheticSe
   return s
 
 
-# --------------------------------------------------------------------------- PNG export
+def set_metadata(config, info, teachers, method: str, k: int, m: int) -> dict[str, Any]:
+  """The metadata every set of a run records (``config``: the run config, ``info``: the
+  dataset's ``DatasetInfo``, ``teachers``: the M teachers; ``k``, ``m``: the set's K and M)."""
+  return {
+    "method": method,
+    "dataset": info.name,
+    "num_classes": info.num_classes,
+    "image_shape": list(info.image_shape),
+    "mean": list(info.mean),
+    "std": list(info.std),
+    "ipc": int(config.ipc),
+    "K": int(k),
+    "M": int(m),
+    "teachers": [t.metadata["architecture"] for t in teachers],
+    "teacher_accuracies": [t.metadata["test_accuracy"] for t in teachers],
+    "recover": config.recover.to_dict(),
+    "seed": int(config.seed),
+  }
 
 
-def _write_bytes(path: str, data: bytes) -> None:
-  with open(path, "wb") as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
+def save_on_primary(path: str, s: SyntheticSet) -> SyntheticSet:
+  """Saves ``s`` (every process holds the same set; the primary one writes it)."""
 
+  def write() -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save(path, s)
 
-def _npy_bytes(a: np.ndarray) -> bytes:
-  buf = io.BytesIO()
-  np.save(buf, a, allow_pickle=False)
-  return buf.getvalue()
-
-
-def export_png(
-  s: SyntheticSet,
-  directory: str,
-  extra: Callable[[str, np.ndarray], dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-  """Writes the materialised instances as a lossless PNG image folder.
-
-  Layout (an ImageFolder: class folders, then images)::
-
-    directory/<class:04d>/<k:04d>_<m:02d>.png   instance (k, m, c), de-normalised to uint8
-    directory/labels.npy        float32 [N, num_classes] soft labels (absent for hard labels)
-    directory/hard_labels.npy   int32 [N] class indices
-    directory/files.csv         file,row,instance,k,m,class
-    directory/metadata.json     {'synthetic_set': s.metadata, 'export': {...}}
-
-  Row i of ``labels.npy``/``hard_labels.npy`` belongs to the i-th file of the sorted file
-  list (zero padding makes lexicographic order (class, k, m)), which is also the sample
-  order of torchvision's ``ImageFolder``. ``files.csv`` lists every file with that row and
-  its instance index in :func:`materialize` order. Pixels are
-  ``clip(rint((x * std + mean) * 255), 0, 255)``; m = 0 gives the stored image back exactly.
-
-  The folder is written beside ``directory`` as ``directory.tmp-XXXX`` and renamed into
-  place, so ``directory`` is either absent/empty or complete.
-
-  Args:
-    s: the set.
-    directory: the folder to create.
-    extra: optional writer of more files into the same folder (e.g. PyTorch tensors),
-      called as ``extra(folder, order)`` with the temporary folder and ``order [N]``, the
-      instance index (:func:`materialize` order) of each row; it returns entries added to
-      the ``export`` record. Its files are committed together with the PNGs.
-
-  Returns:
-    The ``export`` record written to metadata.json.
-
-  Raises:
-    InputError: ``directory`` exists and is not an empty directory, or ``s`` is invalid.
-  """
-  from PIL import Image  # Only this export needs Pillow.
-
-  s.validate()
-  directory = os.path.abspath(directory)
-  if os.path.exists(directory) and (not os.path.isdir(directory) or os.listdir(directory)):
-    raise InputError(
-      f"{directory} already exists and is not an empty directory; refusing to overwrite it. "
-      "Choose a new directory or delete that one first."
-    )
-  parent = os.path.dirname(directory)
-  os.makedirs(parent, exist_ok=True)
-  k_all, m_all, c_all = instance_coordinates(s)
-  kw, mw, cw = max(4, len(str(s.K - 1))), max(2, len(str(s.M))), max(4, len(str(s.C - 1)))
-  files = [
-    f"{c:0{cw}d}/{k:0{kw}d}_{m:0{mw}d}.png" for k, m, c in zip(k_all, m_all, c_all, strict=True)
-  ]
-  order = np.argsort(np.array(files), kind="stable")  # row -> instance index
-  rows = np.empty_like(order)
-  rows[order] = np.arange(order.size)  # instance index -> row
-
-  tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
-  try:
-    for c in range(s.C):
-      os.mkdir(os.path.join(tmp, f"{c:0{cw}d}"))
-    for start in range(0, s.num_instances, _CHUNK_ROWS):
-      chunk = np.arange(start, min(s.num_instances, start + _CHUNK_ROWS))
-      instances, _, _ = materialize_rows(s, chunk)
-      pixels = denormalize_uint8(instances, s.metadata)
-      for n, image in zip(chunk, pixels, strict=True):
-        buf = io.BytesIO()
-        Image.fromarray(image).save(buf, format="PNG")
-        _write_bytes(os.path.join(tmp, files[n]), buf.getvalue())
-    hard = c_all[order].astype(np.int32)
-    _write_bytes(os.path.join(tmp, "hard_labels.npy"), _npy_bytes(hard))
-    if s.labels is not None:
-      soft = s.labels.reshape(s.num_instances, -1)[order].astype(np.float32)
-      _write_bytes(os.path.join(tmp, "labels.npy"), _npy_bytes(soft))
-    table = io.StringIO()
-    writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["file", "row", "instance", "k", "m", "class"])
-    for n in order:
-      writer.writerow([files[n], rows[n], n, k_all[n], m_all[n], c_all[n]])
-    _write_bytes(os.path.join(tmp, "files.csv"), table.getvalue().encode("utf-8"))
-    export = {
-      "format_version": FORMAT_VERSION,
-      "num_files": int(s.num_instances),
-      "layout": f"<class:0{cw}d>/<k:0{kw}d>_<m:0{mw}d>.png",
-      "row_order": "sorted file list: class, then k, then m (torchvision ImageFolder order)",
-      "pixels": "clip(rint((x * std + mean) * 255), 0, 255) of the materialised instance",
-      "soft_labels": "labels.npy" if s.labels is not None else None,
-      "hard_labels": "hard_labels.npy",
-      "files": "files.csv",
-      "storage_bytes": storage_bytes(s),
-    }
-    if extra is not None:
-      export.update(extra(tmp, order))
-    record = {"synthetic_set": normalize_metadata(s.metadata), "export": export}
-    _write_bytes(os.path.join(tmp, "metadata.json"), json.dumps(record, indent=2).encode("utf-8"))
-    _fsync_dir(tmp)
-    try:
-      # POSIX rename replaces an empty directory atomically and fails on a non-empty one,
-      # so a directory filled concurrently is never clobbered.
-      os.rename(tmp, directory)
-    except OSError as e:
-      raise InputError(
-        f"Cannot move the export into {directory} ({e}); it was created or filled "
-        "meanwhile. Choose a new directory or delete that one first."
-      ) from e
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  _fsync_dir(parent)
-  return export
+  distributed.on_primary(f"save {os.path.basename(path)}", write)
+  return s

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from infer_jax import bn_stats
+from infer_jax.core import bn_stats
 
 EPS = 1e-5
 

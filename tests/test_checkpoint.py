@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from infer_jax import checkpoint, models
-from infer_jax.errors import InputError
+from infer_jax import models
+from infer_jax.runtime import checkpoint
+from infer_jax.runtime.errors import InputError
 
 IMAGE_SHAPE = (8, 8, 3)
 

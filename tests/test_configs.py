@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from infer_jax import config_lib
 from infer_jax.data import sources
+from infer_jax.runtime import config_lib
 
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py")))
 

@@ -35,7 +35,9 @@ import numpy as np
 import optax
 import pytest
 
-from infer_jax import bn_stats, checkpoint, convert, models
+from infer_jax import convert, models
+from infer_jax.core import bn_stats
+from infer_jax.runtime import checkpoint
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -559,8 +561,9 @@ def test_distill_uses_a_converted_teacher_like_a_squeezed_one(tmp_path, capsys):
   nn.DataParallel under ``state_dict``) into the workdir's teacher slot; distill loads it
   without training, runs the whole comparison on it, and its static labels are the
   PyTorch module's own logits on the synthetic instances."""
-  from infer_jax import distill, export, squeeze, synthetic
+  from infer_jax import distill, export, synthetic
   from infer_jax.data import sources
+  from infer_jax.runtime import config_lib
   from tests.test_squeeze import tiny_config
 
   work = tmp_path / "work"
@@ -573,7 +576,7 @@ def test_distill_uses_a_converted_teacher_like_a_squeezed_one(tmp_path, capsys):
   ref = _tiny_checkpoint(seed=2, arch="resnet18")
   path = tmp_path / "resnet18.pth"
   torch.save({"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}}, path)
-  teacher_dir = squeeze.teacher_dir(str(work), "resnet18")
+  teacher_dir = config_lib.teacher_dir(config, "resnet18")
   args = ["--dataset", info.name, "--image-size", str(info.image_shape[0])]
   args += ["--mean", *map(str, info.mean), "--std", *map(str, info.std)]
   args = _convert_args(path, teacher_dir, arch="resnet18")[:-2] + args

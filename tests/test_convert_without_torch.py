@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from infer_jax import checkpoint, convert, export, models, synthetic
-from infer_jax.errors import InputError
+from infer_jax import convert, export, models, synthetic
+from infer_jax.runtime import checkpoint
+from infer_jax.runtime.errors import InputError
 from tests.test_synthetic import _random_set
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from infer_jax import distill, export, synthetic
-from infer_jax.errors import InputError
+from infer_jax.runtime.errors import InputError
 from tests.test_squeeze import REPO, tiny_config
 
 TEACHERS = "resnet_tiny,convnet_tiny"  # M = 2: with ipc 10 and 10 classes, K = 8

@@ -20,9 +20,10 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from infer_jax import checkpoint, config_lib, distributed, student, synthetic, train
+from infer_jax import student, synthetic
 from infer_jax.data import pipeline, sources
-from infer_jax.errors import InputError
+from infer_jax.runtime import checkpoint, config_lib, distributed, train
+from infer_jax.runtime.errors import InputError
 from tests.conftest import REPO
 
 LAUNCH = REPO / "launch" / "local_multiprocess.sh"

@@ -9,9 +9,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from infer_jax import checkpoint, evaluate, models, relabel, report, student, synthetic
+from infer_jax import evaluate, models, relabel, report, student, synthetic
 from infer_jax.data import sources
-from infer_jax.errors import InputError
+from infer_jax.runtime import checkpoint, provenance
+from infer_jax.runtime.errors import InputError
 from tests.test_squeeze import tiny_config
 
 
@@ -149,7 +150,7 @@ def test_budget_counts_teachers_only_for_dynamic_labels(small_set, digits, teach
 
 
 def test_command_line_replaces_overridden_flags():
-  cmd = evaluate.command_line(
+  cmd = provenance.command_line(
     "infer_jax.distill", ["--config=configs/tiny.py", "--config.methods=infer"], methods="random"
   )
   assert cmd == "python -m infer_jax.distill --config=configs/tiny.py --config.methods=random"

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from infer_jax.errors import InputError
 from infer_jax.models import create_model
+from infer_jax.runtime.errors import InputError
 
 # Reference parameter counts (trainable parameters: conv/linear weights and biases plus BN
 # scale/bias; running statistics are buffers in PyTorch and `batch_stats` in Flax).

@@ -10,7 +10,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from infer_jax.data import pipeline
-from infer_jax.errors import InputError
+from infer_jax.runtime.errors import InputError
 
 
 @dataclasses.dataclass

@@ -11,8 +11,10 @@ import optax
 import pytest
 from jax.sharding import Mesh
 
-from infer_jax import bn_stats, checkpoint, models, recover, relabel, subsets
-from infer_jax.errors import InputError
+from infer_jax import models, recover, relabel
+from infer_jax.core import augment, bn_stats, subsets
+from infer_jax.runtime import checkpoint
+from infer_jax.runtime.errors import InputError
 
 SHAPE = (8, 8, 3)
 C = 4
@@ -58,7 +60,7 @@ def test_roll_is_a_cyclic_shift_within_jitter():
   x = jnp.arange(2 * 5 * 5 * 3, dtype=jnp.float32).reshape(2, 5, 5, 3)
   for seed in range(5):
     key = jax.random.key(seed)
-    out = recover.roll(key, x, jitter=2)
+    out = augment.roll(key, x, jitter=2)
     dy, dx = np.asarray(jax.random.randint(key, (2,), 0, 3))
     np.testing.assert_array_equal(out, np.roll(np.asarray(x), (dy, dx), axis=(1, 2)))
 
@@ -66,12 +68,12 @@ def test_roll_is_a_cyclic_shift_within_jitter():
 def test_random_resized_crop_is_differentiable_and_identity_at_full_scale():
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
   for seed in range(4):
-    out = recover.random_resized_crop_flip(
+    out = augment.subset_resized_crop_flip(
       jax.random.key(seed), x, scale=(1.0, 1.0), ratio=(1.0, 1.0)
     )
     ok = np.allclose(out, x, atol=1e-5) or np.allclose(out, x[:, :, ::-1], atol=1e-5)
     assert ok  # a full-size crop is the image itself, possibly flipped
-  g = jax.grad(lambda x: recover.random_resized_crop_flip(jax.random.key(1), x).sum())(x)
+  g = jax.grad(lambda x: augment.subset_resized_crop_flip(jax.random.key(1), x).sum())(x)
   chex.assert_tree_all_finite(g)
   assert float(jnp.abs(g).sum()) > 0
 

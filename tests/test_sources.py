@@ -19,9 +19,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from infer_jax.data import sources
-from infer_jax.data.sources import ArraySource, DatasetInfo, ImageSource, load_dataset
-from infer_jax.errors import InputError
+from infer_jax.data import sources, types
+from infer_jax.data.formats import cifar
+from infer_jax.data.sources import load_dataset
+from infer_jax.data.types import ArraySource, DatasetInfo, ImageSource
+from infer_jax.runtime.errors import InputError
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -241,14 +243,14 @@ class _LazyArray(ImageSource):
 def test_lazy_stats_use_fixed_sample():
   x = _rand_images(1500, 2, 2, seed=7)
   src = _LazyArray(x)
-  mean, std = sources.compute_stats(src)
+  mean, std = types.compute_stats(src)
   assert src.loads == 1000  # A sample, not the whole set.
-  assert sources.compute_stats(_LazyArray(x)) == (mean, std)  # Fixed seed.
+  assert types.compute_stats(_LazyArray(x)) == (mean, std)  # Fixed seed.
   full = x.astype(np.float64) / 255
   np.testing.assert_allclose(mean, full.mean((0, 1, 2)), atol=0.02)
   np.testing.assert_allclose(std, full.std((0, 1, 2)), atol=0.02)
   small = _LazyArray(x[:10])
-  np.testing.assert_allclose(sources.compute_stats(small)[0], full[:10].mean((0, 1, 2)))
+  np.testing.assert_allclose(types.compute_stats(small)[0], full[:10].mean((0, 1, 2)))
 
 
 # ----------------------------------------------------------------------------- npz
@@ -413,7 +415,7 @@ def test_cifar_dir_parent_and_archive(tmp_path, kind):
   assert info.name == kind and info.image_shape == (32, 32, 3)
   assert info.num_classes == (10 if kind == "cifar10" else 100)
   assert info.label_names[1] == ("class1" if kind == "cifar10" else "fine1")
-  assert info.mean == sources.KNOWN_STATS[kind][0] and info.std == sources.KNOWN_STATS[kind][1]
+  assert info.mean == types.KNOWN_STATS[kind][0] and info.std == types.KNOWN_STATS[kind][1]
   # An archive beside the unpacked data is also found from the parent directory.
   os.rename(d, tmp_path / "moved")
   np.testing.assert_array_equal(load_dataset(kind, tmp_path).test.array, x_test)
@@ -429,7 +431,7 @@ def test_cifar_refuses_malicious_pickle(tmp_path):
   assert not marker.exists()
   # The restricted unpickler itself, on a payload that would otherwise run code.
   with pytest.raises(pickle.UnpicklingError):
-    sources._RestrictedUnpickler(io.BytesIO(pickle.dumps(_Evil(marker)))).load()
+    cifar._RestrictedUnpickler(io.BytesIO(pickle.dumps(_Evil(marker)))).load()
   assert not marker.exists()
 
 

@@ -11,8 +11,9 @@ import time
 import chex
 import pytest
 
-from infer_jax import checkpoint, squeeze
-from infer_jax.errors import InputError
+from infer_jax import squeeze
+from infer_jax.runtime import checkpoint, config_lib
+from infer_jax.runtime.errors import InputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,7 +47,7 @@ def test_squeeze_trains_then_reuses(tmp_path, capsys):
   results = squeeze.squeeze(c)
   meta = results["resnet_tiny"]
   assert meta["test_accuracy"] > 0.5, meta  # chance is 0.1
-  teacher_dir = squeeze.teacher_dir(str(tmp_path), "resnet_tiny")
+  teacher_dir = config_lib.teacher_dir(tiny_config(tmp_path), "resnet_tiny")
   assert not os.path.exists(os.path.join(teacher_dir, "train"))  # removed once final
   teacher = checkpoint.load_teacher(teacher_dir)
   for key in (
@@ -69,17 +70,19 @@ def test_squeeze_trains_then_reuses(tmp_path, capsys):
 
 def test_a_teacher_of_another_setting_is_refused_and_kept(tmp_path):
   squeeze.squeeze(tiny_config(tmp_path, epochs=1))
-  before = checkpoint.load_teacher(squeeze.teacher_dir(str(tmp_path), "resnet_tiny"))
+  before = checkpoint.load_teacher(config_lib.teacher_dir(tiny_config(tmp_path), "resnet_tiny"))
   other = tiny_config(tmp_path, epochs=1)
   other.data.image_size = 16  # another image shape, same workdir
   with pytest.raises(InputError, match="image_shape"):
     squeeze.squeeze(other)
-  after = checkpoint.load_teacher(squeeze.teacher_dir(str(tmp_path), "resnet_tiny"))
+  after = checkpoint.load_teacher(config_lib.teacher_dir(tiny_config(tmp_path), "resnet_tiny"))
   chex.assert_trees_all_equal(before.variables, after.variables)
 
 
 def _final_params(workdir):
-  return checkpoint.load_teacher(squeeze.teacher_dir(str(workdir), "resnet_tiny")).variables
+  return checkpoint.load_teacher(
+    config_lib.teacher_dir(tiny_config(workdir), "resnet_tiny")
+  ).variables
 
 
 @pytest.mark.slow
@@ -167,7 +170,7 @@ def test_squeeze_on_real_cifar10_images(shared_data, tmp_path):
   assert meta["dataset"] == "cifar10-fixture" and meta["stem"] == "cifar"
   assert 0.0 <= meta["test_accuracy"] <= 1.0  # 200 training images: no accuracy claim
   teacher = checkpoint.load_teacher(
-    squeeze.teacher_dir(str(tmp_path / "work"), "resnet_tiny"),
+    config_lib.teacher_dir(tiny_config(tmp_path / "work"), "resnet_tiny"),
     expected={"image_shape": (32, 32, 3)},
   )
   assert teacher.metadata["label_names"][0] == "airplane"

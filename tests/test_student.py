@@ -9,9 +9,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from infer_jax import models, student, train
+from infer_jax import models, student
+from infer_jax.core import augment as augmentation
+from infer_jax.core import losses
 from infer_jax.data import pipeline, sources
-from infer_jax.errors import InputError
+from infer_jax.runtime import train
+from infer_jax.runtime.errors import InputError
 
 # ---------------------------------------------------------------------------------------------
 # KL divergence with temperature.
@@ -35,11 +38,11 @@ def test_kl_matches_a_hand_computed_value():
   # Row 1 at T=1 by hand: p = softmax(3,2,1) = (.6652, .2447, .0900), q = its reverse, so
   # KL = (.6652 - .0900) * 2 = 1.1504; row 2: p = softmax(1,0,-1), q uniform,
   # KL = log 3 - H(p) = 1.0986 - 0.8324 = 0.2662; mean 0.7083.
-  np.testing.assert_allclose(student.kl_divergence_with_temperature(z, y, 1.0), 0.70831, atol=1e-4)
+  np.testing.assert_allclose(losses.kl_divergence_with_temperature(z, y, 1.0), 0.70831, atol=1e-4)
   for temperature in (1.0, 2.0, 30.0):
     expected = _numpy_kl(z, y, temperature)
-    eager = student.kl_divergence_with_temperature(z, y, temperature)
-    jitted = jax.jit(student.kl_divergence_with_temperature, static_argnums=2)(z, y, temperature)
+    eager = losses.kl_divergence_with_temperature(z, y, temperature)
+    jitted = jax.jit(losses.kl_divergence_with_temperature, static_argnums=2)(z, y, temperature)
     # At T=30 the KL is ~1e-3, a difference of nearly equal float32 log-probabilities.
     np.testing.assert_allclose(eager, expected, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(jitted, expected, rtol=1e-5, atol=1e-7)
@@ -49,7 +52,7 @@ def test_kl_is_zero_for_equal_logits_and_has_the_expected_invariances():
   key_z, key_y = jax.random.split(jax.random.key(0))
   z = 5.0 * jax.random.normal(key_z, (6, 10))
   y = 5.0 * jax.random.normal(key_y, (6, 10))
-  kl = student.kl_divergence_with_temperature
+  kl = losses.kl_divergence_with_temperature
   np.testing.assert_allclose(kl(z, z, 30.0), 0.0, atol=1e-7)
   assert kl(z, y, 30.0) > 0
   # Softmax ignores a per-row shift of the logits.
@@ -65,7 +68,7 @@ def test_kl_gradient_is_the_softmax_difference():
   z = jnp.array([[1.0, -2.0, 0.5]])
   y = jnp.array([[0.0, 1.0, 2.0]])
   temperature = 3.0
-  grad = jax.grad(student.kl_divergence_with_temperature)(z, y, temperature)
+  grad = jax.grad(losses.kl_divergence_with_temperature)(z, y, temperature)
   expected = (jax.nn.softmax(z / temperature) - jax.nn.softmax(y / temperature)) / temperature
   np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-7)
 
@@ -76,7 +79,7 @@ def test_kl_gradient_is_the_softmax_difference():
 
 # One jitted MixUp with fixed shapes, shared by the tests below (each new shape recompiles the
 # Beta sampler, about a second on XLA:CPU).
-_mixup = jax.jit(student.mixup, static_argnums=3)
+_mixup = jax.jit(losses.mixup, static_argnums=3)
 _MIX_IMAGES = jnp.broadcast_to(jnp.arange(8, dtype=jnp.float32)[:, None, None, None], (8, 2, 2, 3))
 _MIX_LOGITS = jax.random.normal(jax.random.key(1), (8, 5)) * 10.0
 
@@ -99,7 +102,7 @@ def test_mixup_mixes_images_and_logits_with_the_same_lam_and_partner():
     # Same key, same draw.
     chex.assert_trees_all_equal(_mixup(key, images, logits, 0.8), (mixed_images, mixed_logits, lam))
   # The un-jitted function draws the same.
-  eager = student.mixup(key, images, logits, 0.8)
+  eager = losses.mixup(key, images, logits, 0.8)
   chex.assert_trees_all_close(eager, (mixed_images, mixed_logits, lam), atol=1e-6)
 
 
@@ -109,7 +112,7 @@ def test_mixup_lam_follows_the_beta_distribution_and_alpha_zero_disables_it():
   assert lams.min() >= 0.0 and lams.max() <= 1.0
   # Beta(0.8, 0.8) has mean 1/2 and variance 1/(4 * 2.6) ~ 0.096.
   assert abs(lams.mean() - 0.5) < 0.06 and abs(lams.var() - 0.096) < 0.03
-  out_images, out_targets, lam = student.mixup(jax.random.key(0), _MIX_IMAGES, None, 0.0)
+  out_images, out_targets, lam = losses.mixup(jax.random.key(0), _MIX_IMAGES, None, 0.0)
   assert out_targets is None and float(lam) == 1.0 and out_images is _MIX_IMAGES
 
 
@@ -135,7 +138,7 @@ def test_crop_flip_returns_windows_of_the_padded_image():
   image = np.arange(1, 4 * 5 * 2 + 1, dtype=np.float32).reshape(4, 5, 2)
   fill = np.array([-1.0, -2.0], np.float32)  # per-channel pad value (normalised black)
   candidates = _windows(image, 1, fill)
-  crop = jax.jit(student.random_crop_flip, static_argnums=2)
+  crop = jax.jit(augmentation.random_crop_flip, static_argnums=2)
   seen = set()
   for seed in range(60):
     out = np.asarray(crop(jax.random.key(seed), jnp.asarray(image), 1, jnp.asarray(fill)))
@@ -146,7 +149,7 @@ def test_crop_flip_returns_windows_of_the_padded_image():
   assert len(seen) >= 12
   # No padding: only the image or its mirror.
   for seed in range(10):
-    out = np.asarray(student.random_crop_flip(jax.random.key(seed), jnp.asarray(image), 0))
+    out = np.asarray(augmentation.random_crop_flip(jax.random.key(seed), jnp.asarray(image), 0))
     assert np.array_equal(out, image) or np.array_equal(out, image[:, ::-1])
 
 
@@ -154,16 +157,16 @@ def test_augment_batch_draws_per_image():
   image = jnp.arange(6 * 6 * 3, dtype=jnp.float32).reshape(6, 6, 3)
   batch = jnp.broadcast_to(image, (16, 6, 6, 3))
   for augment in ("crop_flip", "rrc_flip", "flip"):
-    out = jax.jit(student.augment_batch, static_argnums=2)(jax.random.key(3), batch, augment)
+    out = jax.jit(augmentation.augment_batch, static_argnums=2)(jax.random.key(3), batch, augment)
     assert out.shape == batch.shape
     distinct = {np.asarray(o).tobytes() for o in out}
     assert len(distinct) > 1, augment
-  np.testing.assert_array_equal(student.augment_batch(jax.random.key(0), batch, "none"), batch)
+  np.testing.assert_array_equal(augmentation.augment_batch(jax.random.key(0), batch, "none"), batch)
 
 
 def test_random_resized_crop_windows():
   image = jnp.arange(8 * 8, dtype=jnp.float32).reshape(8, 8, 1)
-  rrc = jax.jit(student.random_resized_crop_flip, static_argnames=("scale", "ratio"))
+  rrc = jax.jit(augmentation.random_resized_crop_flip, static_argnames=("scale", "ratio"))
   # The whole image as the window: the resample is the identity (up to the flip).
   out = rrc(jax.random.key(0), image, scale=(1.0, 1.0), ratio=(1.0, 1.0))
   assert np.allclose(out, image, atol=1e-4) or np.allclose(out, image[:, ::-1], atol=1e-4)

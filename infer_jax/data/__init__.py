@@ -1,4 +1,6 @@
-"""The data layer: dataset sources (``sources``) and grain input pipelines (``pipeline``).
+"""The data layer: dataset types and checks (``types``), one reader per on-disk format
+(``formats``), the reader dispatch (``sources``), grain input pipelines (``pipeline``) and a
+synthetic set as a pipeline source (``set_source``).
 
 Example::
 

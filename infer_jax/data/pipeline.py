@@ -42,15 +42,11 @@ import numpy as np
 from absl import flags as absl_flags
 from PIL import Image
 
-from infer_jax.errors import InputError
-
-AUGMENTATIONS = ("crop_flip", "rrc_flip", "flip", "none")
+from infer_jax.core.augment import AUGMENTATIONS, RRC_RATIO, RRC_SCALE, RRC_TRIES
+from infer_jax.runtime.errors import InputError
 
 # Version of the dict returned by TrainIterator.get_state; bump when its meaning changes.
 _STATE_VERSION = 1
-# torchvision RandomResizedCrop samples this many (scale, ratio) candidates before falling back
-# to a centre crop.
-_RRC_TRIES = 10
 
 
 class _Source(Protocol):
@@ -162,9 +158,9 @@ def rrc_params(
   widths = np.asarray(widths, np.int64)
   b = heights.shape[0]
   area = (heights * widths).astype(np.float64)[:, None]
-  target_area = area * rng.uniform(scale[0], scale[1], (b, _RRC_TRIES))
+  target_area = area * rng.uniform(scale[0], scale[1], (b, RRC_TRIES))
   log_ratio = np.log(np.asarray(ratio, np.float64))
-  aspect = np.exp(rng.uniform(log_ratio[0], log_ratio[1], (b, _RRC_TRIES)))
+  aspect = np.exp(rng.uniform(log_ratio[0], log_ratio[1], (b, RRC_TRIES)))
   # np.round rounds half to even like Python's round(), which torchvision uses.
   cw = np.round(np.sqrt(target_area * aspect)).astype(np.int64)
   ch = np.round(np.sqrt(target_area / aspect)).astype(np.int64)
@@ -546,8 +542,8 @@ def train_iterator(
   num_epochs: int | None,
   augment: str = "crop_flip",
   crop_padding: int = 4,
-  rrc_scale: tuple[float, float] = (0.08, 1.0),
-  rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+  rrc_scale: tuple[float, float] = RRC_SCALE,
+  rrc_ratio: tuple[float, float] = RRC_RATIO,
   output_size: int | None = None,
   sharding: jax.sharding.Sharding | None = None,
   drop_remainder: bool = True,

@@ -18,9 +18,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from infer_jax.errors import InputError
 from infer_jax.models.common import batch_norm, check_stem, conv, dense, scale_channels
 from infer_jax.models.registry import register
+from infer_jax.runtime.errors import InputError
 
 
 class ConvNet(nn.Module):

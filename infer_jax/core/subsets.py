@@ -1,4 +1,4 @@
-"""The INFER budget and the real images of each subset.
+"""The INFER budget, the real images of each subset, and the compression ratio.
 
 With ``ipc`` images per class of budget, ``C`` classes and ``M`` teachers, INFER builds
 ``K = floor(ipc * C / (C + M))`` subsets. Subset k stores one real image per class (C
@@ -9,10 +9,11 @@ image equivalents.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
-from infer_jax.errors import InputError
+from infer_jax.runtime.errors import InputError
 
 
 def num_subsets(ipc: int, num_classes: int, num_teachers: int) -> int:
@@ -73,3 +74,28 @@ def sample_subsets(labels: np.ndarray, num_classes: int, num_subsets: int, seed:
       )
     indices[:, c] = rng.choice(members, size=num_subsets, replace=False)
   return indices
+
+
+def compression_ratio(
+  stored_bytes: int, num_train_images: int, image_shape: Sequence[int]
+) -> float:
+  """Stored bytes over the bytes of the original training set as uint8 pixels.
+
+  Args:
+    stored_bytes: bytes a method stores (a synthetic set's ``storage_bytes()['total']``, plus
+      the teachers' weights for online labels).
+    num_train_images: size of the original training set (> 0).
+    image_shape: ``(H, W, 3)``.
+
+  Returns:
+    ``stored_bytes / (num_train_images * H * W * 3)``.
+
+  Raises:
+    InputError: ``num_train_images`` is not positive.
+  """
+  if int(num_train_images) <= 0:
+    raise InputError(
+      f"num_train_images is {num_train_images}; pass the training-set size (> 0), e.g. "
+      "DatasetInfo.num_train."
+    )
+  return stored_bytes / (int(num_train_images) * math.prod(image_shape))

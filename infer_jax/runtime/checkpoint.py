@@ -17,7 +17,6 @@ a teacher of another architecture, dataset or class count is refused, not overwr
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 from collections.abc import Mapping
@@ -28,8 +27,9 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from infer_jax import distributed, models, train
-from infer_jax.errors import InputError
+from infer_jax import models
+from infer_jax.runtime import distributed, train
+from infer_jax.runtime.errors import InputError
 
 PyTree = Any
 
@@ -45,16 +45,6 @@ def _manager(directory: str, max_to_keep: int | None = 2) -> ocp.CheckpointManag
       max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
     ),
   )
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes ``obj`` as JSON so that a reader never sees half a file (tmp + fsync + rename)."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def abstract_tree(tree: PyTree) -> PyTree:

@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from absl import app, logging
 from ml_collections import config_flags
 
-from infer_jax import distributed
-from infer_jax.errors import InputError
+from infer_jax.runtime import distributed
+from infer_jax.runtime.errors import InputError
 
 CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Path to a config file (configs/*.py), optionally with ':arg'.", lock_config=True

@@ -1,7 +1,7 @@
 """Multi-process (multi-host) runs on JAX's own runtime: start-up, checks, who writes what.
 
 Every job (squeeze, distill, evaluate) goes through :func:`setup` (called by
-``infer_jax.cli.run`` before the job touches JAX). It decides from ``config.distributed``
+``infer_jax.runtime.cli.run`` before the job touches JAX). It decides from ``config.distributed``
 and the environment whether this is one process of several, and if so:
 
 1. applies the per-process CPU device count (``cpu_devices``; local multi-process runs) and
@@ -38,7 +38,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from infer_jax.errors import InputError
+from infer_jax.runtime.errors import InputError
 
 MODES = ("auto", "on", "off")
 

@@ -6,15 +6,18 @@ because a locked ConfigDict cannot change a field's type from the command line.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 
-from infer_jax.errors import InputError
+from infer_jax.runtime.errors import InputError
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Defaults shared by every config (the teacher recipe of ALGORITHM.md)."""
+  """Defaults shared by every config (the teacher recipe of docs/algorithm.md)."""
   c = ml_collections.ConfigDict()
   c.name = "run"
   # Where checkpoints and results go; '' means ./workdir/<name>.
@@ -55,7 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.squeeze.dtype = "float32"  # computation dtype: float32 | bfloat16
   c.squeeze.worker_count = 0  # grain worker processes for augmentation (0 = in-process)
 
-  # Distill: the INFER budget and its stages (ALGORITHM.md "Recover", "Relabel", recipes).
+  # Distill: the INFER budget and its stages (docs/algorithm.md "Recover", "Relabel", recipes).
   c.ipc = 10  # images-per-class budget; K = ipc * C // (C + M) subsets
 
   c.recover = ml_collections.ConfigDict()
@@ -91,7 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.student.log_every_epochs = 0
   c.student.dtype = "float32"
 
-  # The comparison the distill job runs (PROTOCOL.md), same teachers, student and steps:
+  # The comparison the distill job runs (docs/protocol.md), same teachers, student and steps:
   # random_hard | random | infer_wo_ufc | sre2l | infer | infer_dyn (comma-separated).
   c.methods = "random_hard,random,infer_wo_ufc,sre2l,infer,infer_dyn"
   c.baselines = ml_collections.ConfigDict()
@@ -106,7 +109,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluate.labels = "static"  # static | dynamic | hard
   c.evaluate.out = ""  # result JSON; '' = <workdir>/evaluate/<set>-<labels>.json
 
-  # Multi-process runs (infer_jax.distributed, docs/scaling.md). On SLURM (srun), Open MPI
+  # Multi-process runs (infer_jax.runtime.distributed, docs/scaling.md). On SLURM (srun), Open MPI
   # and Cloud TPU pods everything is auto-detected; elsewhere give the coordinator address,
   # process count and, per process, its id. Only these settings may differ between processes.
   c.distributed = ml_collections.ConfigDict()
@@ -117,6 +120,33 @@ def base_config() -> ml_collections.ConfigDict:
   c.distributed.initialization_timeout = 300  # seconds to wait for the coordinator and peers
   c.distributed.cpu_devices = 0  # CPU devices per process (local runs); 0 = JAX's default
   return c
+
+
+def typed_fields(cls: Any, cfg: Mapping[str, Any], what: str) -> dict[str, Any]:
+  """Keyword arguments for the dataclass ``cls`` from a ConfigDict block (or mapping).
+
+  Fields missing from ``cfg`` are left out (they take the dataclass defaults); other keys of
+  the block are ignored. Values are converted to the type of the field's default, so
+  ``epochs=400.0`` or ``lr=1`` from a command line are accepted.
+
+  Raises:
+    InputError: a value cannot be converted (``what`` names the block in the message).
+  """
+  kwargs = {}
+  for field in dataclasses.fields(cls):
+    if field.name not in cfg:
+      continue
+    value = cfg[field.name]
+    kind = type(field.default)
+    try:
+      if kind is int and float(value) != int(value):
+        raise ValueError("not an integer")
+      kwargs[field.name] = kind(value)
+    except (TypeError, ValueError) as e:
+      raise InputError(
+        f"{what} config field {field.name!r} must be a {kind.__name__}, got {value!r}."
+      ) from e
+  return kwargs
 
 
 def parse_arg(arg: str | None, **defaults):
@@ -175,10 +205,13 @@ def resolve_stem(config: ml_collections.ConfigDict, image_shape) -> str:
 
 def teacher_dir(config: ml_collections.ConfigDict, architecture: str) -> str:
   """One teacher's checkpoint directory: ``<teachers_dir or workdir/teachers>/<architecture>``."""
-  root = config.get("teachers_dir", "") or os.path.join(workdir(config), "teachers")
+  root = config.teachers_dir or os.path.join(workdir(config), "teachers")
   return os.path.join(root, architecture)
 
 
-def workdir(config: ml_collections.ConfigDict) -> str:
-  """The run's working directory (``config.workdir`` or ``./workdir/<name>``)."""
-  return config.workdir or f"workdir/{config.name}"
+def workdir(config: ml_collections.ConfigDict | Mapping[str, Any]) -> str:
+  """The run's working directory (``config.workdir`` or ``./workdir/<name>``).
+
+  ``config`` is the run's ConfigDict or its dict form (as recorded in ``summary.json``).
+  """
+  return config.get("workdir") or f"workdir/{config['name']}"

@@ -25,6 +25,9 @@ from infer_jax.data.pipeline import normalize
 
 PyTree = Any
 
+# Computation dtypes of teachers and students, by config name (parameters stay float32).
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
 
 class TrainState(flax.struct.PyTreeNode):
   """Everything that changes during training (a pytree; checkpointed as is).
@@ -40,12 +43,6 @@ class TrainState(flax.struct.PyTreeNode):
   params: PyTree
   batch_stats: PyTree
   opt_state: PyTree
-
-
-def format_duration(seconds: float) -> str:
-  """``H:MM:SS`` for progress lines."""
-  seconds = int(round(seconds))
-  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def data_mesh(devices=None) -> Mesh:
