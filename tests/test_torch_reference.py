@@ -38,8 +38,10 @@ import optax
 import pytest
 from flax import traverse_util
 
-from infer_jax import bn_stats, checkpoint, convert, evaluate, models, recover, relabel, student
-from infer_jax import train as train_lib
+from infer_jax import convert, evaluate, models, recover, relabel, student
+from infer_jax.core import bn_stats
+from infer_jax.runtime import checkpoint
+from infer_jax.runtime import train as train_lib
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
