@@ -38,7 +38,7 @@ import optax
 from jax.sharding import Mesh
 
 from infer_jax.core import bn_stats
-from infer_jax.core.augment import RRC_SCALE, SUBSET_AUGMENTATIONS, augment_subset
+from infer_jax.core.augment import RRC_SCALE, SUBSET_AUGMENTATIONS, apply_subset, draw_subset
 from infer_jax.runtime import checkpoint, distributed, train
 from infer_jax.runtime import progress as progress_lib
 from infer_jax.runtime.errors import InputError
@@ -127,7 +127,7 @@ def optimizer(cfg: RecoverConfig) -> optax.GradientTransformation:
 
 
 def subset_loss(
-  model, variables, params_k, base_k, labels_k, key, cfg: RecoverConfig, first_layer
+  model, variables, params_k, base_k, labels_k, draws_k, cfg: RecoverConfig, first_layer
 ) -> tuple[jax.Array, dict]:
   """Loss of one subset: ``teacher_loss(A(base_k + params_k), labels_k)``.
 
@@ -135,12 +135,12 @@ def subset_loss(
     params_k: ``[1 or C, H, W, 3]`` synthetic parameters of the subset.
     base_k: ``[C, H, W, 3]`` normalised real images (zeros for class_specific).
     labels_k: ``[C]`` int labels.
-    key: PRNG key of this subset's augmentation draw.
+    draws_k: this subset's augmentation draws (:func:`draw_subset_augment`).
 
   Returns:
     ``(loss, {'ce', 'bn'})`` scalars.
   """
-  x = augment_subset(key, base_k + params_k, cfg.augment, cfg.jitter, cfg.rrc_scale)
+  x = apply_subset(draws_k, base_k + params_k, cfg.augment)
   loss, aux = bn_stats.teacher_loss(
     model,
     variables,
@@ -163,10 +163,29 @@ def step_keys(cfg: RecoverConfig, teacher_index, iteration, k: int) -> jax.Array
   return jax.random.split(key, k)
 
 
+def draw_subset_augment(cfg: RecoverConfig, key: jax.Array, image_shape) -> dict:
+  """One subset's augmentation draws for one iteration (``image_shape = [H, W, 3]``).
+
+  Returns:
+    ``{}`` ('none'), ``{'roll': int32 [2]}`` ('roll'; ``(dy, dx)`` in ``{0..jitter}``) and for
+    'rrc_flip_roll' also ``'crop'`` (``{'top', 'left', 'height', 'width'}`` float32 scalars,
+    ``'flip'`` bool); see :mod:`infer_jax.core.augment`.
+  """
+  return draw_subset(key, image_shape, cfg.augment, cfg.jitter, cfg.rrc_scale)
+
+
+def step_draws(cfg: RecoverConfig, teacher_index, iteration, k: int, image_shape) -> dict:
+  """The draws the production step takes for ``k`` subsets at ``iteration``: each leaf of
+  :func:`draw_subset_augment` with a leading ``[k]`` axis."""
+  keys = step_keys(cfg, teacher_index, iteration, k)
+  return jax.vmap(lambda key: draw_subset_augment(cfg, key, image_shape))(keys)
+
+
 def make_step(
   model, cfg: RecoverConfig, first_layer, tx: optax.GradientTransformation, teacher_index: int = 0
 ) -> Callable:
-  """The jitted all-subsets step ``(variables, params, opt_state, base, labels, iteration)``.
+  """The jitted all-subsets step ``(variables, params, opt_state, base, labels, iteration,
+  draws=None)``.
 
   Args:
     model: teacher module.
@@ -177,21 +196,27 @@ def make_step(
 
   Returns:
     ``step(variables, params [K,P,H,W,3], opt_state, base [K,C,H,W,3], labels [K,C],
-    iteration int32 []) -> (params, opt_state, {'loss','ce','bn'} each [K])``.
+    iteration int32 [], draws=None) -> (params, opt_state, {'loss','ce','bn'} each [K])``.
+    ``draws`` (tests): the subsets' augmentation draws, leaves ``[K, ...]`` as
+    :func:`step_draws` gives them; None (production) draws them inside the step from
+    (``cfg.seed``, ``teacher_index``, ``iteration``).
   """
 
-  def all_losses(params, variables, base, labels, keys):
+  def all_losses(params, variables, base, labels, draws):
     losses, aux = jax.vmap(
-      lambda p, b, y, k: subset_loss(model, variables, p, b, y, k, cfg, first_layer)
-    )(params, base, labels, keys)
+      lambda p, b, y, d: subset_loss(model, variables, p, b, y, d, cfg, first_layer)
+    )(params, base, labels, draws)
     # Subsets are independent, so the gradient of the sum is each subset's own gradient.
     return jnp.sum(losses), (losses, aux)
 
-  def step(variables, params, opt_state, base, labels, iteration):
-    # The keys are derived inside the step: no per-iteration host work and no second
-    # multi-device program (a reshard of host-made keys) in flight beside the step.
-    keys = step_keys(cfg, teacher_index, iteration, params.shape[0])
-    grads, (losses, aux) = jax.grad(all_losses, has_aux=True)(params, variables, base, labels, keys)
+  def step(variables, params, opt_state, base, labels, iteration, draws=None):
+    if draws is None:
+      # The draws are derived inside the step: no per-iteration host work and no second
+      # multi-device program (a reshard of host-made keys) in flight beside the step.
+      draws = step_draws(cfg, teacher_index, iteration, params.shape[0], base.shape[2:])
+    grads, (losses, aux) = jax.grad(all_losses, has_aux=True)(
+      params, variables, base, labels, draws
+    )
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     return params, opt_state, {"loss": losses, **aux}

@@ -150,11 +150,12 @@ def test_vmapped_all_subsets_step_equals_a_loop_and_traces_once(teacher):
     p_k = jnp.zeros((1, *SHAPE))
     o_k = tx.init(p_k)
     for it in range(3):
+      draws = recover.draw_subset_augment(cfg, keys[it][k], SHAPE)
       g = jax.grad(
-        lambda p, b, y, key: recover.subset_loss(
-          teacher.model, teacher.variables, p, b, y, key, cfg, first
+        lambda p, b, y, d: recover.subset_loss(
+          teacher.model, teacher.variables, p, b, y, d, cfg, first
         )[0]
-      )(p_k, base[k], labels[k], keys[it][k])
+      )(p_k, base[k], labels[k], draws)
       updates, o_k = tx.update(g, o_k, p_k)
       p_k = optax.apply_updates(p_k, updates)
     np.testing.assert_allclose(params[k], p_k, rtol=1e-5, atol=1e-6)
@@ -208,6 +209,31 @@ def test_class_specific_parameterisation(teacher):
   compensator = recover.init_params(recover.RecoverConfig(), k, C, SHAPE, 0)
   chex.assert_shape(compensator, (k, 1, *SHAPE))
   assert not compensator.any()
+
+
+@pytest.mark.parametrize("augment_name", ["roll", "rrc_flip_roll"])
+def test_step_with_explicit_draws_equals_the_production_step_bit_for_bit(teacher, augment_name):
+  """The production call (draws from the key inside the step) and the same step given the
+  draws of :func:`recover.step_draws` explicitly (as the reference comparisons do) agree bit
+  for bit: the tested path is the production one."""
+  base, labels = _problem(k=2)
+  cfg = recover.RecoverConfig(iterations=5, lr=0.1, jitter=3, augment=augment_name)
+  tx = recover.optimizer(cfg)
+  first = bn_stats.bn_layer_order(teacher.model, teacher.variables, (C, *SHAPE))[0]
+  step = recover.make_step(teacher.model, cfg, first, tx, teacher_index=2)
+  runs = []
+  for explicit in (False, True):
+    params = jnp.zeros((2, 1, *SHAPE))
+    opt = tx.init(params)
+    for it in range(3):
+      draws = recover.step_draws(cfg, 2, it, 2, SHAPE) if explicit else None
+      params, opt, metrics = step(
+        teacher.variables, params, opt, base, labels, jnp.int32(it), draws
+      )
+    runs.append((np.asarray(params), np.asarray(metrics["loss"])))
+  assert np.any(np.asarray(recover.step_draws(cfg, 2, 0, 2, SHAPE)["roll"]) != 0)
+  np.testing.assert_array_equal(runs[0][0], runs[1][0])
+  np.testing.assert_array_equal(runs[0][1], runs[1][1])
 
 
 def test_resume_equals_uninterrupted(tmp_path, teacher):
