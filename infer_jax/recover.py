@@ -44,6 +44,9 @@ from infer_jax.runtime import progress as progress_lib
 from infer_jax.runtime.errors import InputError
 
 PARAMETERISATIONS = ("compensator", "class_specific")
+# When the synthetic images are clamped to the valid range during optimisation: never (INFER:
+# its compensators are free) or after every Adam step (SRe2L's recipe for class-specific images).
+CLAMPS = ("never", "every_step")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +62,9 @@ class RecoverConfig:
     augment: 'roll' (CIFAR), 'rrc_flip_roll' (Tiny-ImageNet / ImageNet) or 'none'.
     rrc_scale: area range of the random resized crop.
     parameterisation: 'compensator' (INFER) or 'class_specific' (SRe2L-style).
+    clamp: 'never' or 'every_step': clamp the images to the normalised image of [0, 1] after
+      every Adam step (SRe2L's recipe; 'class_specific' only: INFER's compensators are never
+      clamped during optimisation).
     checkpoint_every: iterations between Orbax checkpoints (0: never).
     log_every: iterations between progress lines (0: never).
     seed: base seed of the augmentation draws and of noise initialisation.
@@ -72,6 +78,7 @@ class RecoverConfig:
   augment: str = "roll"
   rrc_scale: tuple[float, float] = RRC_SCALE
   parameterisation: str = "compensator"
+  clamp: str = "never"
   checkpoint_every: int = 100
   log_every: int = 100
   seed: int = 0
@@ -81,6 +88,13 @@ class RecoverConfig:
       raise InputError(
         f"recover parameterisation must be one of {PARAMETERISATIONS}, got "
         f"{self.parameterisation!r}."
+      )
+    if self.clamp not in CLAMPS:
+      raise InputError(f"recover clamp must be one of {CLAMPS}, got {self.clamp!r}.")
+    if self.clamp == "every_step" and self.parameterisation != "class_specific":
+      raise InputError(
+        "recover clamp='every_step' is for parameterisation='class_specific' (SRe2L-style); "
+        "INFER's compensators are never clamped during optimisation: use clamp='never'."
       )
     if self.augment not in SUBSET_AUGMENTATIONS:
       raise InputError(
@@ -182,7 +196,12 @@ def step_draws(cfg: RecoverConfig, teacher_index, iteration, k: int, image_shape
 
 
 def make_step(
-  model, cfg: RecoverConfig, first_layer, tx: optax.GradientTransformation, teacher_index: int = 0
+  model,
+  cfg: RecoverConfig,
+  first_layer,
+  tx: optax.GradientTransformation,
+  teacher_index: int = 0,
+  clip_bounds: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Callable:
   """The jitted all-subsets step ``(variables, params, opt_state, base, labels, iteration,
   draws=None)``.
@@ -193,6 +212,9 @@ def make_step(
     first_layer: path of the teacher's first BatchNorm layer.
     tx: the optimiser.
     teacher_index: seeds the augmentation draws (with cfg.seed and the iteration).
+    clip_bounds: ``(lo [3], hi [3])``, the normalised images of pixel values 0 and 1; needed
+      by ``cfg.clamp == 'every_step'`` (the parameters are clamped to them after each update,
+      Adam's moments untouched).
 
   Returns:
     ``step(variables, params [K,P,H,W,3], opt_state, base [K,C,H,W,3], labels [K,C],
@@ -219,7 +241,14 @@ def make_step(
     )
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
+    if cfg.clamp == "every_step":
+      # base is 0 for class_specific, so the parameters are the images; [3] broadcasts over C.
+      lo, hi = (jnp.asarray(b, params.dtype) for b in clip_bounds)
+      params = jnp.clip(params, lo, hi)
     return params, opt_state, {"loss": losses, **aux}
+
+  if cfg.clamp == "every_step" and clip_bounds is None:
+    raise InputError("recover clamp='every_step' needs clip_bounds=(lo, hi) (per channel).")
 
   # Shardings come from the inputs: the caller places the [K, ...] arrays on a
   # NamedSharding over the subset axis and the teacher variables replicated; XLA keeps
@@ -290,6 +319,9 @@ def recover_teacher(
     "parameterisation": cfg.parameterisation,
     "iterations": cfg.iterations,
   }
+  if cfg.clamp != "never":
+    # Only when set: checkpoints of unclamped runs written before the setting existed resume.
+    identity["clamp"] = cfg.clamp
   padded = params.shape[0]
   if ckpt is not None:
     like = {"params": params, "opt_state": opt_state}
@@ -326,7 +358,13 @@ def recover_teacher(
     return distributed.to_host(params)[:k]
 
   first_layer = bn_stats.bn_layer_order(teacher.model, teacher.variables, (c, *image_shape))[0]
-  step = make_step(teacher.model, cfg, first_layer, tx, teacher_index)
+  bounds = None
+  if cfg.clamp == "every_step":
+    # As synthetic.clip_bounds: the normalised values of pixels 0 and 1, in float32.
+    mean = np.asarray(teacher.metadata["mean"], np.float32)
+    std = np.asarray(teacher.metadata["std"], np.float32)
+    bounds = ((np.float32(0.0) - mean) / std, (np.float32(1.0) - mean) / std)
+  step = make_step(teacher.model, cfg, first_layer, tx, teacher_index, bounds)
   variables = jax.device_put(teacher.variables, repl)
   base_d = jax.device_put(_pad_subsets(base.astype(np.float32), mesh.size), shard)
   labels_d = jax.device_put(_pad_subsets(labels.astype(np.int32), mesh.size), shard)

@@ -236,6 +236,37 @@ def test_step_with_explicit_draws_equals_the_production_step_bit_for_bit(teacher
   np.testing.assert_array_equal(runs[0][1], runs[1][1])
 
 
+def test_sre2l_clamp_keeps_every_step_in_the_valid_range(teacher):
+  """clamp='every_step' (SRe2L's recipe) keeps the class-specific images inside the normalised
+  image of [0, 1] (here [-2, 2]: mean 0.5, std 0.25) although their noise initialisation is
+  not; INFER's compensators cannot be clamped."""
+  k = 1
+  cfg = recover.RecoverConfig(
+    iterations=3,
+    lr=0.1,
+    parameterisation="class_specific",
+    clamp="every_step",
+    checkpoint_every=0,
+    log_every=0,
+  )
+  init = recover.init_params(cfg, k, C, SHAPE, teacher_index=0)
+  assert np.abs(init).max() > 2.5
+  out = recover.recover_teacher(
+    teacher,
+    np.zeros((k, C, *SHAPE), np.float32),
+    np.tile(np.arange(C), (k, 1)),
+    cfg,
+    teacher_index=0,
+    log=lambda s: None,
+  )
+  assert out.min() >= -2.0 and out.max() <= 2.0
+  assert np.isclose(out, 2.0).sum() > 0 and np.isclose(out, -2.0).sum() > 0
+  with pytest.raises(InputError, match="never clamped"):
+    recover.RecoverConfig(clamp="every_step")
+  with pytest.raises(InputError, match="clamp must be one of"):
+    recover.RecoverConfig(parameterisation="class_specific", clamp="always")
+
+
 def test_resume_equals_uninterrupted(tmp_path, teacher):
   base, labels = _problem(k=2)
   cfg = recover.RecoverConfig(iterations=10, lr=0.1, jitter=2, checkpoint_every=5, log_every=0)
