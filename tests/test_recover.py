@@ -215,7 +215,7 @@ def test_class_specific_parameterisation(teacher):
 def test_step_with_explicit_draws_equals_the_production_step_bit_for_bit(teacher, augment_name):
   """The production call (draws from the key inside the step) and the same step given the
   draws of :func:`recover.step_draws` explicitly (as the reference comparisons do) agree bit
-  for bit: the tested path is the production one."""
+  for bit with integer draws (roll), and to float rounding of the crop window otherwise."""
   base, labels = _problem(k=2)
   cfg = recover.RecoverConfig(iterations=5, lr=0.1, jitter=3, augment=augment_name)
   tx = recover.optimizer(cfg)
@@ -232,8 +232,14 @@ def test_step_with_explicit_draws_equals_the_production_step_bit_for_bit(teacher
       )
     runs.append((np.asarray(params), np.asarray(metrics["loss"])))
   assert np.any(np.asarray(recover.step_draws(cfg, 2, 0, 2, SHAPE)["roll"]) != 0)
-  np.testing.assert_array_equal(runs[0][0], runs[1][0])
-  np.testing.assert_array_equal(runs[0][1], runs[1][1])
+  if augment_name == "roll":
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+  else:
+    # The crop window is float: computed in another program (outside the step) its last bits
+    # may differ, which moves the parameters by ~1e-6.
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(runs[0][1], runs[1][1], rtol=1e-5)
 
 
 def test_sre2l_clamp_keeps_every_step_in_the_valid_range(teacher):
