@@ -84,8 +84,10 @@ def build_sre2l_set(
 
   The recover machinery with the 'class_specific' parameterisation (one free image per
   subset and class) against one teacher (``config.baselines.sre2l_teacher``, default the
-  first), with ``r_bn = config.baselines.sre2l_r_bn``; the images are stored as uint8 (as
-  image files would be) and labelled by all M teachers like every other set.
+  first), with ``r_bn = config.baselines.sre2l_r_bn`` and the images clamped to the valid
+  range after every Adam step (``config.baselines.sre2l_clamp = 'every_step'``, SRe2L's
+  recipe; 'never' clamps only once at the end); the images are stored as uint8 (as image
+  files would be) and labelled by all M teachers like every other set.
   """
   info = dataset.info
   name = config.baselines.sre2l_teacher or teachers[0].metadata["architecture"]
@@ -99,6 +101,7 @@ def build_sre2l_set(
     seed=config.seed,
     parameterisation="class_specific",
     r_bn=float(config.baselines.sre2l_r_bn),
+    clamp=str(config.baselines.get("sre2l_clamp", "every_step")),
   )
   metadata = {
     **synthetic.set_metadata(config, info, teachers, "sre2l", config.ipc, 0),

@@ -38,12 +38,15 @@ import optax
 from jax.sharding import Mesh
 
 from infer_jax.core import bn_stats
-from infer_jax.core.augment import RRC_SCALE, SUBSET_AUGMENTATIONS, augment_subset
+from infer_jax.core.augment import RRC_SCALE, SUBSET_AUGMENTATIONS, apply_subset, draw_subset
 from infer_jax.runtime import checkpoint, distributed, train
 from infer_jax.runtime import progress as progress_lib
 from infer_jax.runtime.errors import InputError
 
 PARAMETERISATIONS = ("compensator", "class_specific")
+# When the synthetic images are clamped to the valid range during optimisation: never (INFER:
+# its compensators are free) or after every Adam step (SRe2L's recipe for class-specific images).
+CLAMPS = ("never", "every_step")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +62,9 @@ class RecoverConfig:
     augment: 'roll' (CIFAR), 'rrc_flip_roll' (Tiny-ImageNet / ImageNet) or 'none'.
     rrc_scale: area range of the random resized crop.
     parameterisation: 'compensator' (INFER) or 'class_specific' (SRe2L-style).
+    clamp: 'never' or 'every_step': clamp the images to the normalised image of [0, 1] after
+      every Adam step (SRe2L's recipe; 'class_specific' only: INFER's compensators are never
+      clamped during optimisation).
     checkpoint_every: iterations between Orbax checkpoints (0: never).
     log_every: iterations between progress lines (0: never).
     seed: base seed of the augmentation draws and of noise initialisation.
@@ -72,6 +78,7 @@ class RecoverConfig:
   augment: str = "roll"
   rrc_scale: tuple[float, float] = RRC_SCALE
   parameterisation: str = "compensator"
+  clamp: str = "never"
   checkpoint_every: int = 100
   log_every: int = 100
   seed: int = 0
@@ -81,6 +88,13 @@ class RecoverConfig:
       raise InputError(
         f"recover parameterisation must be one of {PARAMETERISATIONS}, got "
         f"{self.parameterisation!r}."
+      )
+    if self.clamp not in CLAMPS:
+      raise InputError(f"recover clamp must be one of {CLAMPS}, got {self.clamp!r}.")
+    if self.clamp == "every_step" and self.parameterisation != "class_specific":
+      raise InputError(
+        "recover clamp='every_step' is for parameterisation='class_specific' (SRe2L-style); "
+        "INFER's compensators are never clamped during optimisation: use clamp='never'."
       )
     if self.augment not in SUBSET_AUGMENTATIONS:
       raise InputError(
@@ -127,7 +141,7 @@ def optimizer(cfg: RecoverConfig) -> optax.GradientTransformation:
 
 
 def subset_loss(
-  model, variables, params_k, base_k, labels_k, key, cfg: RecoverConfig, first_layer
+  model, variables, params_k, base_k, labels_k, draws_k, cfg: RecoverConfig, first_layer
 ) -> tuple[jax.Array, dict]:
   """Loss of one subset: ``teacher_loss(A(base_k + params_k), labels_k)``.
 
@@ -135,12 +149,12 @@ def subset_loss(
     params_k: ``[1 or C, H, W, 3]`` synthetic parameters of the subset.
     base_k: ``[C, H, W, 3]`` normalised real images (zeros for class_specific).
     labels_k: ``[C]`` int labels.
-    key: PRNG key of this subset's augmentation draw.
+    draws_k: this subset's augmentation draws (:func:`draw_subset_augment`).
 
   Returns:
     ``(loss, {'ce', 'bn'})`` scalars.
   """
-  x = augment_subset(key, base_k + params_k, cfg.augment, cfg.jitter, cfg.rrc_scale)
+  x = apply_subset(draws_k, base_k + params_k, cfg.augment)
   loss, aux = bn_stats.teacher_loss(
     model,
     variables,
@@ -163,10 +177,34 @@ def step_keys(cfg: RecoverConfig, teacher_index, iteration, k: int) -> jax.Array
   return jax.random.split(key, k)
 
 
+def draw_subset_augment(cfg: RecoverConfig, key: jax.Array, image_shape) -> dict:
+  """One subset's augmentation draws for one iteration (``image_shape = [H, W, 3]``).
+
+  Returns:
+    ``{}`` ('none'), ``{'roll': int32 [2]}`` ('roll'; ``(dy, dx)`` in ``{0..jitter}``) and for
+    'rrc_flip_roll' also ``'crop'`` (``{'top', 'left', 'height', 'width'}`` float32 scalars,
+    ``'flip'`` bool); see :mod:`infer_jax.core.augment`.
+  """
+  return draw_subset(key, image_shape, cfg.augment, cfg.jitter, cfg.rrc_scale)
+
+
+def step_draws(cfg: RecoverConfig, teacher_index, iteration, k: int, image_shape) -> dict:
+  """The draws the production step takes for ``k`` subsets at ``iteration``: each leaf of
+  :func:`draw_subset_augment` with a leading ``[k]`` axis."""
+  keys = step_keys(cfg, teacher_index, iteration, k)
+  return jax.vmap(lambda key: draw_subset_augment(cfg, key, image_shape))(keys)
+
+
 def make_step(
-  model, cfg: RecoverConfig, first_layer, tx: optax.GradientTransformation, teacher_index: int = 0
+  model,
+  cfg: RecoverConfig,
+  first_layer,
+  tx: optax.GradientTransformation,
+  teacher_index: int = 0,
+  clip_bounds: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Callable:
-  """The jitted all-subsets step ``(variables, params, opt_state, base, labels, iteration)``.
+  """The jitted all-subsets step ``(variables, params, opt_state, base, labels, iteration,
+  draws=None)``.
 
   Args:
     model: teacher module.
@@ -174,27 +212,43 @@ def make_step(
     first_layer: path of the teacher's first BatchNorm layer.
     tx: the optimiser.
     teacher_index: seeds the augmentation draws (with cfg.seed and the iteration).
+    clip_bounds: ``(lo [3], hi [3])``, the normalised images of pixel values 0 and 1; needed
+      by ``cfg.clamp == 'every_step'`` (the parameters are clamped to them after each update,
+      Adam's moments untouched).
 
   Returns:
     ``step(variables, params [K,P,H,W,3], opt_state, base [K,C,H,W,3], labels [K,C],
-    iteration int32 []) -> (params, opt_state, {'loss','ce','bn'} each [K])``.
+    iteration int32 [], draws=None) -> (params, opt_state, {'loss','ce','bn'} each [K])``.
+    ``draws`` (tests): the subsets' augmentation draws, leaves ``[K, ...]`` as
+    :func:`step_draws` gives them; None (production) draws them inside the step from
+    (``cfg.seed``, ``teacher_index``, ``iteration``).
   """
 
-  def all_losses(params, variables, base, labels, keys):
+  def all_losses(params, variables, base, labels, draws):
     losses, aux = jax.vmap(
-      lambda p, b, y, k: subset_loss(model, variables, p, b, y, k, cfg, first_layer)
-    )(params, base, labels, keys)
+      lambda p, b, y, d: subset_loss(model, variables, p, b, y, d, cfg, first_layer)
+    )(params, base, labels, draws)
     # Subsets are independent, so the gradient of the sum is each subset's own gradient.
     return jnp.sum(losses), (losses, aux)
 
-  def step(variables, params, opt_state, base, labels, iteration):
-    # The keys are derived inside the step: no per-iteration host work and no second
-    # multi-device program (a reshard of host-made keys) in flight beside the step.
-    keys = step_keys(cfg, teacher_index, iteration, params.shape[0])
-    grads, (losses, aux) = jax.grad(all_losses, has_aux=True)(params, variables, base, labels, keys)
+  def step(variables, params, opt_state, base, labels, iteration, draws=None):
+    if draws is None:
+      # The draws are derived inside the step: no per-iteration host work and no second
+      # multi-device program (a reshard of host-made keys) in flight beside the step.
+      draws = step_draws(cfg, teacher_index, iteration, params.shape[0], base.shape[2:])
+    grads, (losses, aux) = jax.grad(all_losses, has_aux=True)(
+      params, variables, base, labels, draws
+    )
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
+    if cfg.clamp == "every_step":
+      # base is 0 for class_specific, so the parameters are the images; [3] broadcasts over C.
+      lo, hi = (jnp.asarray(b, params.dtype) for b in clip_bounds)
+      params = jnp.clip(params, lo, hi)
     return params, opt_state, {"loss": losses, **aux}
+
+  if cfg.clamp == "every_step" and clip_bounds is None:
+    raise InputError("recover clamp='every_step' needs clip_bounds=(lo, hi) (per channel).")
 
   # Shardings come from the inputs: the caller places the [K, ...] arrays on a
   # NamedSharding over the subset axis and the teacher variables replicated; XLA keeps
@@ -265,6 +319,9 @@ def recover_teacher(
     "parameterisation": cfg.parameterisation,
     "iterations": cfg.iterations,
   }
+  if cfg.clamp != "never":
+    # Only when set: checkpoints of unclamped runs written before the setting existed resume.
+    identity["clamp"] = cfg.clamp
   padded = params.shape[0]
   if ckpt is not None:
     like = {"params": params, "opt_state": opt_state}
@@ -301,7 +358,13 @@ def recover_teacher(
     return distributed.to_host(params)[:k]
 
   first_layer = bn_stats.bn_layer_order(teacher.model, teacher.variables, (c, *image_shape))[0]
-  step = make_step(teacher.model, cfg, first_layer, tx, teacher_index)
+  bounds = None
+  if cfg.clamp == "every_step":
+    # As synthetic.clip_bounds: the normalised values of pixels 0 and 1, in float32.
+    mean = np.asarray(teacher.metadata["mean"], np.float32)
+    std = np.asarray(teacher.metadata["std"], np.float32)
+    bounds = ((np.float32(0.0) - mean) / std, (np.float32(1.0) - mean) / std)
+  step = make_step(teacher.model, cfg, first_layer, tx, teacher_index, bounds)
   variables = jax.device_put(teacher.variables, repl)
   base_d = jax.device_put(_pad_subsets(base.astype(np.float32), mesh.size), shard)
   labels_d = jax.device_put(_pad_subsets(labels.astype(np.int32), mesh.size), shard)

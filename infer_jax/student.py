@@ -212,6 +212,23 @@ def make_optimizer(cfg: StudentConfig, total_steps: int) -> optax.GradientTransf
 # The training step.
 
 
+def draw_step(cfg: StudentConfig, key: jax.Array, step, image_shape) -> dict:
+  """The random draws of one student step for a batch of shape ``[B, H, W, 3]``.
+
+  Returns:
+    ``{'augment': augment.draw_batch(...) (per-image [B] leaves), 'mixup':
+    losses.draw_mixup(...) ({'lam': float32 [], 'perm': int32 [B]}, or {} without MixUp)}``,
+    a pure function of ``(key, step)``.
+  """
+  augment_key, mixup_key = jax.random.split(jax.random.fold_in(key, step))
+  return {
+    "augment": augment.draw_batch(
+      augment_key, image_shape, cfg.augment, crop_padding=cfg.crop_padding
+    ),
+    "mixup": losses.draw_mixup(mixup_key, image_shape[0], cfg.mixup_alpha),
+  }
+
+
 def make_student_step(
   model,
   tx: optax.GradientTransformation,
@@ -223,15 +240,16 @@ def make_student_step(
   label_mode: str,
   label_fn: Labeller | None = None,
 ):
-  """Builds the jitted ``step(state, batch, key, label_variables) -> (state, {'loss': []})``.
+  """Builds the jitted ``step(state, batch, key, label_variables, draws) -> (state, {'loss': []})``.
 
   ``batch = {'image': float32 [B, H, W, 3] (normalised), 'label': int32 [B],
   'soft_label': [B, C]}`` from the input pipeline (``soft_label`` only for static labels),
   sharded along the batch axis; ``key = data_key(seed)``; ``label_variables`` the
   ``Labeller.variables`` of a dynamic ``label_fn`` (None otherwise). The step augments every image,
   applies MixUp and takes the loss of ``label_mode`` ('static', 'hard' or 'dynamic'). Its
-  randomness is a pure function of ``(key, state.step)``. ``cfg.seed`` is not used: the seed
-  is an argument, so that one compiled step serves every evaluation seed.
+  randomness is a pure function of ``(key, state.step)``: :func:`draw_step`, drawn inside the
+  step unless ``draws`` (tests) gives them. ``cfg.seed`` is not used: the seed is an argument,
+  so that one compiled step serves every evaluation seed.
   """
   _check_label_mode(label_mode, label_fn)
   # Black in normalised space: what padding the [0, 1] image with 0 before normalising gives.
@@ -241,7 +259,7 @@ def make_student_step(
     logits, updates = model.apply(
       {"params": params, "batch_stats": batch_stats}, images, train=True, mutable=["batch_stats"]
     )
-    logits = logits.astype(jnp.float32)
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     if label_mode == "hard":
       loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
     else:
@@ -250,27 +268,34 @@ def make_student_step(
 
   @functools.partial(jax.jit, donate_argnums=(0,))
   def step(
-    state: train.TrainState, batch: Mapping[str, jax.Array], key: jax.Array, label_variables=None
+    state: train.TrainState,
+    batch: Mapping[str, jax.Array],
+    key: jax.Array,
+    label_variables=None,
+    draws=None,
   ):
-    augment_key, mixup_key = jax.random.split(jax.random.fold_in(key, state.step))
-    images = augment.augment_batch(
-      augment_key,
-      batch["image"].astype(jnp.float32),
+    if draws is None:
+      draws = draw_step(cfg, key, state.step, batch["image"].shape)
+    # float32 in production; float64 images (reference comparisons under x64) stay float64.
+    dtype = jnp.promote_types(batch["image"].dtype, jnp.float32)
+    images = augment.apply_batch(
+      draws["augment"],
+      batch["image"].astype(dtype),
       cfg.augment,
       crop_padding=cfg.crop_padding,
       fill=fill,
     )
     if label_mode == "static":
-      targets = batch["soft_label"].astype(jnp.float32)
+      targets = batch["soft_label"].astype(dtype)
     elif label_mode == "hard":
-      targets = jax.nn.one_hot(batch["label"], num_classes, dtype=jnp.float32)
+      targets = jax.nn.one_hot(batch["label"], num_classes, dtype=dtype)
     else:
       targets = None
-    images, targets, _ = losses.mixup(mixup_key, images, targets, cfg.mixup_alpha)
+    images, targets, _ = losses.apply_mixup(draws["mixup"], images, targets)
     if label_mode == "dynamic":
       # Labels of what the student actually sees (augmented and mixed): INFER+Dyn.
-      targets = label_fn.fn(label_variables, images).astype(jnp.float32)
-      targets = jax.lax.stop_gradient(targets)
+      targets = label_fn.fn(label_variables, images)
+      targets = jax.lax.stop_gradient(targets.astype(jnp.promote_types(targets.dtype, dtype)))
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params, state.batch_stats, images, targets

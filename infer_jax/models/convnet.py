@@ -82,7 +82,8 @@ class ConvNet(nn.Module):
     features = x.reshape((x.shape[0], -1))
     self.sow("intermediates", "pre_logits", features)
     logits = dense(self.num_classes, name="fc", dtype=self.dtype)(features)
-    return logits.astype(jnp.float32)
+    # float32 logits (float64 when computing in float64, for reference comparisons).
+    return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
 
 
 @register("convnet")

@@ -276,7 +276,8 @@ class EfficientNet(nn.Module):
       self.sow("intermediates", "pre_logits", features)
       features = nn.Dropout(DROPOUT_RATE, deterministic=not train, name="classifier_0")(features)
       logits = dense(self.num_classes, name="classifier_1", dtype=self.dtype)(features)
-    return logits.astype(jnp.float32)
+    # float32 logits (float64 when computing in float64, for reference comparisons).
+    return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
 
 
 @register("efficientnet_b0")

@@ -214,7 +214,8 @@ class MobileNetV2(nn.Module):
     # a global pool also keeps the head valid for 64x64 inputs.
     features = global_avg_pool(x)
     self.sow("intermediates", "pre_logits", features)
-    return dense(self.num_classes, name="linear", dtype=self.dtype)(features).astype(jnp.float32)
+    logits = dense(self.num_classes, name="linear", dtype=self.dtype)(features)
+    return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
 
   def _imagenet(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     blocks = IMAGENET_BLOCKS if self.blocks is None else self.blocks
@@ -238,7 +239,8 @@ class MobileNetV2(nn.Module):
     self.sow("intermediates", "pre_logits", features)
     features = nn.Dropout(0.2, deterministic=not train, name="classifier_0")(features)
     logits = dense(self.num_classes, name="classifier_1", dtype=self.dtype)(features)
-    return logits.astype(jnp.float32)
+    # float32 logits (float64 when computing in float64, for reference comparisons).
+    return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
 
 
 @register("mobilenetv2")

@@ -169,7 +169,8 @@ class ResNet(nn.Module):
     features = global_avg_pool(x)
     self.sow("intermediates", "pre_logits", features)
     logits = dense(self.num_classes, name="fc", dtype=self.dtype)(features)
-    return logits.astype(jnp.float32)
+    # float32 logits (float64 when computing in float64, for reference comparisons).
+    return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
 
 
 def _make(

@@ -173,7 +173,8 @@ class ShuffleNetV1(nn.Module):
         in_planes = planes
     x = global_avg_pool(x)
     self.sow("intermediates", "pre_logits", x)
-    return dense(self.num_classes, name="linear", dtype=self.dtype)(x).astype(jnp.float32)
+    logits = dense(self.num_classes, name="linear", dtype=self.dtype)(x)
+    return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
 
 
 class InvertedResidual(nn.Module):
@@ -272,7 +273,8 @@ class ShuffleNetV2(nn.Module):
     x = nn.relu(batch_norm(train, name="conv5_1", dtype=dt)(x))
     x = global_avg_pool(x)
     self.sow("intermediates", "pre_logits", x)
-    return dense(self.num_classes, name="fc", dtype=dt)(x).astype(jnp.float32)
+    logits = dense(self.num_classes, name="fc", dtype=dt)(x)
+    return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
 
 
 @register("shufflenet_g2")

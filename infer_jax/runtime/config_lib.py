@@ -99,6 +99,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.methods = "random_hard,random,infer_wo_ufc,sre2l,infer,infer_dyn"
   c.baselines = ml_collections.ConfigDict()
   c.baselines.sre2l_r_bn = 0.01  # SRe2L's BN weight; its recipe otherwise follows c.recover
+  # SRe2L clamps its images to the valid range after every Adam step; 'never' clamps once at
+  # the end (the images are stored as uint8 either way).
+  c.baselines.sre2l_clamp = "every_step"  # every_step | never
   c.baselines.sre2l_teacher = ""  # the synthesis teacher; '' = the first of c.teachers
 
   # Evaluation: one student per seed; the final epoch is reported as mean ± std.
