@@ -37,8 +37,9 @@ from infer_jax import convert, evaluate, models, recover, relabel, student
 from infer_jax.core import bn_stats
 from infer_jax.runtime import checkpoint
 from infer_jax.runtime import train as train_lib
+from tests.conftest import TORCH_HOW, require_module
 
-torch = pytest.importorskip("torch")
+torch = require_module("torch", TORCH_HOW)
 nn = torch.nn
 
 from tests.torch_refs import algorithm as ref  # noqa: E402

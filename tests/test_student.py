@@ -412,12 +412,16 @@ def test_the_step_compiles_once_and_is_a_function_of_seed_and_step(digits):
 
 
 @pytest.mark.parametrize("augment_name", ["crop_flip", "rrc_flip"])
-def test_step_with_explicit_draws_equals_the_production_step_bit_for_bit(digits, augment_name):
+def test_step_with_explicit_draws_equals_the_production_step(digits, augment_name):
   """The production call (crop, flip, lam and permutation drawn from (key, step) inside the
   step) and the same step given :func:`student.draw_step`'s draws explicitly, as the
-  reference comparisons do, agree over 3 steps (to the float rounding of lam)."""
+  reference comparisons do, agree over 3 steps (to the float rounding of lam).
+
+  SGD, not AdamW: Adam's first updates are about lr * sign(g), so a last-bit difference of
+  lam flips the update of a parameter whose gradient is near zero; an SGD update is
+  proportional to the gradient and keeps that difference at rounding size."""
   info = digits["dataset"].info
-  cfg = small_config(batch_size=16, augment=augment_name, mixup_alpha=0.8)
+  cfg = small_config(batch_size=16, augment=augment_name, mixup_alpha=0.8, optimizer="sgd")
   model = models.create_model(cfg.arch, 10)
   tx = student.make_optimizer(cfg, total_steps=10)
   batch = {
