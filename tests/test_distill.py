@@ -177,7 +177,11 @@ def test_static_labels_are_the_teachers_mean_on_the_un_augmented_instances(tmp_p
     model = models.create_model(arch, 10, stem="cifar")
     variables = model.init(jax.random.key(i, impl="rbg"), np.zeros((1, 8, 8, 3)), train=False)
     teachers.append(
-      checkpoint.Teacher(model, variables, {"architecture": arch, "test_accuracy": None})
+      checkpoint.Teacher(
+        model,
+        variables,
+        {"architecture": arch, "dataset": dataset.info.name, "test_accuracy": None},
+      )
     )
   c = distill_config(tmp_path / "w", iterations=2, checkpoint_every=0)
   s = distill.build_infer_set(c, dataset, teachers, {})
