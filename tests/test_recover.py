@@ -431,7 +431,14 @@ def test_the_roll_moves_the_whole_instance_x_plus_u(teacher):
 
   wired = jax.jit(
     lambda key: recover.subset_loss(
-      teacher.model, teacher.variables, u, x, labels[0], key, cfg, ("bn1",)
+      teacher.model,
+      teacher.variables,
+      u,
+      x,
+      labels[0],
+      recover.draw_subset_augment(cfg, key, x.shape[1:]),
+      cfg,
+      ("bn1",),
     )[0]
   )
   shifts = [(dy, dx) for dy in range(2) for dx in range(2)]
