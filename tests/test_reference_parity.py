@@ -85,27 +85,6 @@ def _build(name: str):
   return mobile.build(name, CLASSES)
 
 
-def _calibrate(net, seed: int, size: int) -> None:
-  """Random BN affine parameters and running statistics measured on a calibration batch, then
-  perturbed by a few percent: non-trivial statistics that keep the network well conditioned."""
-  gen = torch.Generator().manual_seed(seed)
-  bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
-  with torch.no_grad():
-    for m in bns:
-      c = m.num_features
-      m.weight.copy_(torch.rand(c, generator=gen) * 0.5 + 0.75)
-      m.bias.copy_(0.1 * torch.randn(c, generator=gen))
-      m.reset_running_stats()
-      m.momentum = None  # cumulative average: the calibration batch's own statistics
-    net.train()
-    net(torch.randn(16, 3, size, size, generator=gen))
-    for m in bns:
-      m.momentum = 0.1
-      m.running_mean.add_(0.1 * torch.randn(m.num_features, generator=gen) * m.running_var.sqrt())
-      m.running_var.mul_(torch.exp(0.1 * torch.randn(m.num_features, generator=gen)))
-  net.eval()
-
-
 @functools.cache
 def _reference(
   name: str, seed: int, calibrate: bool = True, logit_scale: float = 1.0, size: int = SIZE
@@ -117,7 +96,7 @@ def _reference(
   torch.manual_seed(seed)
   net = _build(name)
   if calibrate:
-    _calibrate(net, seed, size)
+    ref.calibrate_batchnorm(net, size, seed)
   head = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
   with torch.no_grad():
     head.weight.mul_(logit_scale)

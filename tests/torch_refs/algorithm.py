@@ -461,3 +461,27 @@ def student_step(
   set_lr(optimizer, lr)
   optimizer.step()
   return float(loss.detach())
+
+
+def calibrate_batchnorm(net: nn.Module, image_size: int, seed: int) -> None:
+  """Random BN affine parameters and running statistics measured on a calibration batch, then
+  perturbed by a few percent: non-trivial statistics that keep the network well conditioned.
+
+  Test scaffolding shared by the reference and parity tests (``net`` takes ``[16, 3, S, S]``
+  inputs with ``S = image_size``); leaves ``net`` in eval mode."""
+  gen = torch.Generator().manual_seed(seed)
+  bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+  with torch.no_grad():
+    for m in bns:
+      c = m.num_features
+      m.weight.copy_(torch.rand(c, generator=gen) * 0.5 + 0.75)
+      m.bias.copy_(0.1 * torch.randn(c, generator=gen))
+      m.reset_running_stats()
+      m.momentum = None  # cumulative average: the calibration batch's own statistics
+    net.train()
+    net(torch.randn(16, 3, image_size, image_size, generator=gen))
+    for m in bns:
+      m.momentum = 0.1
+      m.running_mean.add_(0.1 * torch.randn(m.num_features, generator=gen) * m.running_var.sqrt())
+      m.running_var.mul_(torch.exp(0.1 * torch.randn(m.num_features, generator=gen)))
+  net.eval()
