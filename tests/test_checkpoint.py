@@ -118,3 +118,29 @@ def test_uncommitted_step_is_ignored(tmp_path):
   ckpt.save(5, state, {}, {})
   os.makedirs(tmp_path / "train" / "9.orbax-checkpoint-tmp-123" / "state")
   assert checkpoint.TrainCheckpointer(str(tmp_path / "train")).latest_step() == 5
+
+
+def test_stop_hook_counts_only_the_saves_it_names(tmp_path, monkeypatch):
+  """The kill-and-resume tests' hook: ``NAME:N`` counts saves into directories with a path
+  component NAME; other saves, and an unset variable, never stop the process. (The kill
+  itself is exercised by the SIGKILL tests of squeeze, distill and the two-process run.)"""
+  state = {"w": jnp.arange(3.0)}
+  monkeypatch.setattr(checkpoint, "_saves_counted", 0)
+  monkeypatch.setenv(checkpoint.STOP_AFTER_CHECKPOINT_ENV, "recover:1")
+  # "recover" only as part of a longer name: not the directory it names.
+  ckpt = checkpoint.TrainCheckpointer(str(tmp_path / "recovered" / "train"))
+  for step in (1, 2):
+    ckpt.save(step, state, {}, {})
+  assert checkpoint._saves_counted == 0 and ckpt.latest_step() == 2
+  monkeypatch.delenv(checkpoint.STOP_AFTER_CHECKPOINT_ENV)
+  ckpt = checkpoint.TrainCheckpointer(str(tmp_path / "recover" / "0_resnet"))
+  ckpt.save(1, state, {}, {})
+  assert checkpoint._saves_counted == 0
+
+
+@pytest.mark.parametrize("value", ["0", "recover:", "recover:x", "-1", "recover:0"])
+def test_stop_hook_rejects_a_malformed_value(tmp_path, monkeypatch, value):
+  monkeypatch.setenv(checkpoint.STOP_AFTER_CHECKPOINT_ENV, value)
+  ckpt = checkpoint.TrainCheckpointer(str(tmp_path / "train"))
+  with pytest.raises(InputError, match=r"INFER_JAX_STOP_AFTER_CHECKPOINT=.* is not \[NAME:\]N"):
+    ckpt.save(1, {"w": jnp.zeros(2)}, {}, {})

@@ -180,27 +180,49 @@ def test_forced_implementations_agree_and_conv_impl_overrides_auto():
     conv(4, 1, pointwise_impl="shifted").init(jax.random.key(0), x)
 
 
-def _compiled_hlo(modules, x, **override):
-  """Optimised CPU HLO of the forward + input and weight gradients of ``modules`` on ``x``."""
+def _lowers_to_conv(modules, x, platform: str, **override) -> bool:
+  """Whether the forward + input and weight gradients of ``modules``, lowered by JAX for
+  ``platform`` (no device of it needed), contain a StableHLO convolution."""
   variables = [init(m, x) for m in modules]
 
   def loss(x, variables):
     return sum(jnp.sum(jnp.sin(m.apply(v, x))) for m, v in zip(modules, variables, strict=True))
 
   with conv_impl(**override):
-    lowered = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, variables)
-  return lowered.compile().as_text()
+    exported = jax.export.export(jax.jit(jax.grad(loss, argnums=(0, 1))), platforms=[platform])(
+      x, variables
+    )
+  return "stablehlo.convolution" in exported.mlir_module()
 
 
-def test_auto_uses_direct_forms_on_cpu_and_lax_conv_otherwise():
-  """On the CPU backend 'auto' compiles depthwise and 1x1 convolutions without a conv op."""
-  assert jax.default_backend() == "cpu"
+def test_auto_lowers_direct_forms_for_cpu_and_lax_conv_for_accelerators():
+  """'auto' depthwise and 1x1 convolutions lower without a convolution op for the CPU and
+  with one for GPU and TPU; dense and grouped k > 1 convolutions always use lax.conv."""
   x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 8, 8, 8)), jnp.float32)
   direct = [conv(8, 3, 1, groups=8), conv(8, 3, 2, groups=8), conv(6, 1), conv(6, 1, 2, 2)]
-  assert "convolution(" not in _compiled_hlo(direct, x)
-  assert "convolution(" in _compiled_hlo(direct, x, depthwise="xla", pointwise="xla")
-  # Dense and grouped k > 1 convolutions always go to lax.conv.
-  assert "convolution(" in _compiled_hlo([conv(6, 3), conv(6, 3, groups=2)], x)
+  assert not _lowers_to_conv(direct, x, "cpu")
+  assert _lowers_to_conv(direct, x, "cpu", depthwise="xla", pointwise="xla")
+  for platform in ("cuda", "tpu"):
+    assert _lowers_to_conv(direct, x, platform)
+  assert _lowers_to_conv([conv(6, 3), conv(6, 3, groups=2)], x, "cpu")
+
+
+def test_auto_runs_the_direct_form_on_cpu(monkeypatch):
+  """What runs, not only what is lowered: a marker added to the direct forms shows up in the
+  output of an 'auto' convolution on the CPU, and not in a forced lax.conv one."""
+  from infer_jax.models import common
+
+  assert jax.default_backend() == "cpu"
+  for name in ("_shifted_depthwise", "_pointwise_matmul"):
+    real = getattr(common, name)
+    monkeypatch.setattr(common, name, lambda *a, _real=real, **k: _real(*a, **k) + 1.0)
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 8, 8, 8)), jnp.float32)
+  for module, kind in ((conv(8, 3, 1, groups=8), "depthwise"), (conv(6, 1), "pointwise")):
+    variables = init(module, x)
+    auto = jax.jit(module.apply)(variables, x)
+    with conv_impl(**{kind: "xla"}):
+      xla = jax.jit(module.apply)(variables, x)
+    np.testing.assert_allclose(auto - xla, 1.0, atol=1e-4)  # every output shifted: direct ran
 
 
 def test_leading_batch_dims_like_nn_conv():

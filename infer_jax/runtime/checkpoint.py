@@ -21,6 +21,8 @@ import hashlib
 import os
 import re
 import shutil
+import signal
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,6 +41,42 @@ PyTree = Any
 TEACHER_FORMAT_VERSION = 1
 # Metadata keys that must agree between a stored teacher and the run that wants it.
 IDENTITY_KEYS = ("architecture", "stem", "width", "num_classes", "image_shape", "dataset")
+
+
+# A deterministic preemption for kill-and-resume tests: ``[NAME:]N`` kills this process
+# (SIGKILL: no cleanup, exactly what a preempted machine does) right after its N-th complete
+# checkpoint save, counting only saves into directories with a path component NAME (e.g.
+# ``recover`` or ``teachers``) when NAME is given. Read at every save, so a test can set it
+# in a subprocess's environment; unset in normal use, where it costs one dict lookup.
+STOP_AFTER_CHECKPOINT_ENV = "INFER_JAX_STOP_AFTER_CHECKPOINT"
+_saves_counted = 0
+
+
+def _parse_stop_after(value: str) -> tuple[str | None, int]:
+  """``"3"`` -> (None, 3); ``"recover:1"`` -> ("recover", 1)."""
+  name, _, count = value.rpartition(":")
+  if not count.isdigit() or int(count) < 1:
+    raise InputError(
+      f"{STOP_AFTER_CHECKPOINT_ENV}={value!r} is not [NAME:]N with N >= 1 "
+      "(e.g. 'recover:1'): fix or unset it."
+    )
+  return (name or None), int(count)
+
+
+def _maybe_stop_after_save(directory: str) -> None:
+  """Kills the process after the save the stop hook names (see STOP_AFTER_CHECKPOINT_ENV)."""
+  global _saves_counted
+  value = os.environ.get(STOP_AFTER_CHECKPOINT_ENV)
+  if not value:
+    return
+  name, count = _parse_stop_after(value)
+  if name is not None and name not in directory.split(os.sep):
+    return
+  _saves_counted += 1
+  if _saves_counted == count:
+    print(f"[checkpoint] {STOP_AFTER_CHECKPOINT_ENV}={value}: killing this process", flush=True)
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _manager(directory: str, max_to_keep: int | None = 2) -> ocp.CheckpointManager:
@@ -91,6 +129,7 @@ class TrainCheckpointer:
       force=True,
     )
     self._manager.wait_until_finished()
+    _maybe_stop_after_save(self.directory)
 
   def read_json(self, step: int, item: str) -> dict:
     """One JSON item ('data_iter' or 'meta') of checkpoint ``step``, without its arrays."""
