@@ -28,14 +28,14 @@ from tests.conftest import REPO
 
 LAUNCH = REPO / "launch" / "local_multiprocess.sh"
 # The pipeline cut to the bone: one teacher, one squeeze epoch, a cheap student. Recover has
-# enough iterations and checkpoints that a kill lands inside it.
+# several checkpoints, so that a run stopped at the first one has work left to resume.
 TINY = [
   "--config=configs/tiny.py",
   "--config.teachers=resnet_tiny",
   "--config.squeeze.epochs=1",
-  "--config.recover.iterations=40",
+  "--config.recover.iterations=12",
   "--config.recover.checkpoint_every=4",
-  "--config.recover.log_every=20",
+  "--config.recover.log_every=4",
   "--config.student.arch=convnet_tiny",
   "--config.student.epochs=1",
 ]
