@@ -454,19 +454,19 @@ def test_float_images_in_unit_range_get_a_hint_that_works(tmp_path):
   np.testing.assert_array_equal(fixed, _images())
 
 
-def test_single_channel_images_get_a_hint_that_works(tmp_path):
+def test_single_channel_npz_loads_as_one_channel_without_a_conversion_hint(tmp_path):
   import numpy as np
 
   for shape in [(8, 8, 1), (8, 8)]:
     x = _images(shape=shape)
-    path = _npz(tmp_path / "g.npz", x, np.arange(12) % 3)
-    with pytest.raises(InputError) as e:
-      sources.load_dataset("npz", path)
-    hint = "x = np.repeat(x.reshape(*x.shape[:3], 1), 3, axis=-1)"
-    assert hint in str(e.value)
-    x = np.repeat(x.reshape(*x.shape[:3], 1), 3, axis=-1)  # the hint, applied
     ds = sources.load_dataset("npz", _npz(tmp_path / "g.npz", x, np.arange(12) % 3))
-    assert ds.info.image_shape == (8, 8, 3)
+    assert ds.info.image_shape == (8, 8, 1)
+    np.testing.assert_array_equal(ds.train.images(range(12)), x.reshape(12, 8, 8, 1))
+  # Greyscale floats still get the scaling hint, and no hint to replicate channels.
+  with pytest.raises(InputError) as e:
+    sources.load_dataset("npz", _npz(tmp_path / "f.npz", x / 255.0, np.arange(12) % 3))
+  assert "(x * 255).round().astype(np.uint8)" in str(e.value)
+  assert "np.repeat" not in str(e.value) and "[N, H, W] (greyscale)" in str(e.value)
 
 
 def test_safetensors_hint_names_the_package_not_the_torch_extra(monkeypatch):
