@@ -511,3 +511,36 @@ def test_one_seed_prints_the_value_with_n_1_not_a_zero_std():
   assert evaluate.format_top1(three) == "50.00 ± 10.00"
   assert report._top1(one) == "45.67 (n = 1)"
   assert report._top1(three) == "50.00 ± 10.00"
+
+
+def test_a_full_disk_under_orbax_is_one_line_naming_the_file(capsys):
+  """Orbax writes through TensorStore, which reports a full disk as a ValueError (text as
+  measured on a full tmpfs), possibly wrapped; guarded turns it into the one line."""
+  from infer_jax.runtime.errors import guarded
+
+  path = "/w/teachers/resnet_tiny/final/0.orbax-checkpoint-tmp/variables/_sharding"
+  text = (
+    f'RESOURCE_EXHAUSTED: Error writing local file "{path}": Failed writing: "{path}.__lock": '
+    "Failed to write 7345 bytes to file 12: No space left on device [os_error_code='28']"
+  )
+
+  def job():
+    try:
+      raise ValueError(text)
+    except ValueError as e:
+      raise RuntimeError("checkpoint save failed") from e
+
+  assert guarded(job) == 1
+  out = capsys.readouterr().err.strip()
+  assert out == (
+    f"error: could not write {path}: no space left on the device. Work finished before this "
+    "point is intact (every file is written atomically and checkpoints resume): free some "
+    "space, then rerun the same command."
+  )
+
+  # Any other ValueError is a bug and keeps its traceback.
+  def bug():
+    raise ValueError("RESOURCE_EXHAUSTED: out of memory [os_error_code='12']")
+
+  with pytest.raises(ValueError, match="out of memory"):
+    guarded(bug)
