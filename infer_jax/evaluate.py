@@ -103,7 +103,7 @@ def budget(
   Returns:
     :func:`synthetic.storage_bytes` plus ``'teachers'`` (0 unless ``teachers`` are given,
     included in ``'total'``) and ``'compression_ratio'``: ``total`` over the bytes of the
-    original training set as uint8 pixels (``num_train * H * W * 3``).
+    original training set as uint8 pixels (``num_train * H * W * C``, C = 3 or 1).
   """
   out = dict(synthetic.storage_bytes(s))
   out["teachers"] = teacher_bytes(teachers) if teachers else 0

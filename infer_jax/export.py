@@ -8,7 +8,8 @@ soft labels (``labels.npy``), hard labels and metadata beside it; see
 set as PyTorch tensors, in the form dataset-distillation evaluators such as DD-Ranking
 load with ``torch.load``:
 
-    images.pt        float32 [N, C, H, W]   the materialised instances, normalised as the
+    images.pt        float32 [N, C, H, W]   the materialised instances (C = 1 for a
+                                            greyscale set), normalised as the
                                             student sees them: (pixel/255 - mean) / std
                                             with the set's mean/std (metadata.json), after
                                             clipping x + u to the image range
@@ -125,10 +126,6 @@ def main(argv: list[str] | None = None) -> int:
   return 0
 
 
-if __name__ == "__main__":
-  sys.exit(main())
-
-
 def _write_bytes(path: str, data: bytes) -> None:
   with open(path, "wb") as f:
     f.write(data)
@@ -152,6 +149,7 @@ def export_png(
   Layout (an ImageFolder: class folders, then images)::
 
     directory/<class:04d>/<k:04d>_<m:02d>.png   instance (k, m, c), de-normalised to uint8
+                                                ('RGB' PNG; 'L' for a greyscale set)
     directory/labels.npy        float32 [N, num_classes] soft labels (absent for hard labels)
     directory/hard_labels.npy   int32 [N] class indices
     directory/files.csv         file,row,instance,k,m,class
@@ -210,7 +208,8 @@ def export_png(
       pixels = synthetic.denormalize_uint8(instances, s.metadata)
       for n, image in zip(chunk, pixels, strict=True):
         buf = io.BytesIO()
-        Image.fromarray(image).save(buf, format="PNG")
+        # A greyscale set ([H, W, 1]) is written as an 8-bit 'L' PNG, colour as 'RGB'.
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, format="PNG")
         _write_bytes(os.path.join(tmp, files[n]), buf.getvalue())
     hard = c_all[order].astype(np.int32)
     _write_bytes(os.path.join(tmp, "hard_labels.npy"), _npy_bytes(hard))
@@ -253,3 +252,7 @@ def export_png(
     raise
   atomic.fsync_dir(parent)
   return export
+
+
+if __name__ == "__main__":
+  sys.exit(main())

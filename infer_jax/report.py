@@ -300,6 +300,9 @@ def plot_compensators(s: synthetic.SyntheticSet, path: str, *, subset: int = 0, 
     s.M + 1, classes, *s.images.shape[2:]
   )
   teachers = s.metadata.get("teachers", [f"teacher {m}" for m in range(s.M)])
+  # A greyscale set ([H, W, 1]) is drawn as grey levels, not through a false-colour map.
+  grey = s.images.shape[-1] == 1
+  gray = {"cmap": "gray", "vmin": 0, "vmax": 1} if grey else {}
   fig, axes = plt.subplots(
     s.M + 1, classes + 1, figsize=(1.3 * (classes + 1), 1.3 * (s.M + 1)), squeeze=False
   )
@@ -309,10 +312,14 @@ def plot_compensators(s: synthetic.SyntheticSet, path: str, *, subset: int = 0, 
       ax.text(0.5, 0.5, "real\nx", ha="center", va="center", fontsize=8)
     else:
       u = np.asarray(s.compensators[k, m - 1], np.float32)
-      ax.imshow((u - u.min()) / max(float(u.max() - u.min()), 1e-12))
+      u = u[..., 0] if grey else u
+      ax.imshow((u - u.min()) / max(float(u.max() - u.min()), 1e-12), **gray)
       ax.set_title(f"u: {teachers[m - 1]}", fontsize=6)
     for c in range(classes):
-      axes[m][c + 1].imshow(pixels[m, c])
+      if grey:
+        axes[m][c + 1].imshow(pixels[m, c, ..., 0], cmap="gray", vmin=0, vmax=255)
+      else:
+        axes[m][c + 1].imshow(pixels[m, c])
       if m == 0:
         axes[m][c + 1].set_title(f"class {c}", fontsize=6)
     for ax in axes[m]:

@@ -66,17 +66,19 @@ class SyntheticSet:
   """K subsets of one image per class plus M compensators per subset, and their labels.
 
   Attributes:
-    images: uint8 ``[K, C, H, W, 3]``; ``images[k, c]`` is the class-c image of subset k.
+    images: uint8 ``[K, C, H, W, ch]``; ``images[k, c]`` is the class-c image of subset k;
+      ``ch`` is the dataset's channel count, 3 (RGB) or 1 (greyscale).
     source_indices: int64 ``[K, C]``; index of ``images[k, c]`` in the source training set,
       -1 where the image was synthesised (e.g. SRe2L-style images).
-    compensators: ``[K, M, H, W, 3]`` in the dataset's normalised space (float32, float16 or
+    compensators: ``[K, M, H, W, ch]`` in the dataset's normalised space (float32, float16 or
       bfloat16); None when M == 0.
     labels: static soft labels (the teachers' mean logits) ``[K, M + 1, C, num_classes]``
       (float32, float16 or bfloat16): ``labels[k, 0, c]`` labels the real image,
       ``labels[k, m + 1, c]`` labels ``clip(images[k, c] + u_{k, m})``. None = hard labels
       only (the class index c).
     metadata: JSON-able dict. Required: ``num_classes`` (== C), ``image_shape``
-      ``[H, W, 3]``, ``mean``/``std`` (3 floats each, for images scaled to [0, 1]), ``K``,
+      ``[H, W, ch]`` (it records the channel count), ``mean``/``std`` (the normalisation:
+      ``ch`` floats each, for images scaled to [0, 1]), ``K``,
       ``M``. Conventional: ``method`` ('infer' | 'infer_wo_ufc' | 'random' | 'sre2l' | ...),
       ``dataset``, ``ipc``, ``teachers`` and ``teacher_accuracies``, ``config``, ``seed``.
 
@@ -136,7 +138,7 @@ class SyntheticSet:
     if missing:
       raise InputError(
         f"Synthetic-set metadata lacks the keys {missing}. Add them (num_classes, "
-        "image_shape [H, W, 3], mean and std of the dataset, K subsets, M compensators "
+        "image_shape [H, W, channels], mean and std of the dataset, K subsets, M compensators "
         "per subset)."
       )
     _to_json(md)  # Raises InputError when something cannot be stored.
@@ -149,17 +151,18 @@ class SyntheticSet:
     except (TypeError, ValueError) as e:
       raise InputError(
         f"Synthetic-set metadata has a malformed value ({e}): num_classes, K and M must be "
-        "integers, image_shape three integers, mean and std three floats."
+        "integers, image_shape three integers, mean and std one float per channel."
       ) from e
-    if len(image_shape) != 3 or image_shape[2] != 3 or min(image_shape) < 1:
+    if len(image_shape) != 3 or image_shape[2] not in (1, 3) or min(image_shape) < 1:
       raise InputError(
-        f"metadata image_shape is {list(image_shape)}; it must be [H, W, 3] (RGB). Use the "
-        "dataset's DatasetInfo.image_shape."
+        f"metadata image_shape is {list(image_shape)}; it must be [H, W, 3] (RGB) or "
+        "[H, W, 1] (greyscale). Use the dataset's DatasetInfo.image_shape."
       )
-    if len(mean) != 3 or len(std) != 3 or not all(np.isfinite(mean + std)) or min(std) <= 0:
+    ch = image_shape[2]
+    if len(mean) != ch or len(std) != ch or not all(np.isfinite(mean + std)) or min(std) <= 0:
       raise InputError(
-        f"metadata mean {mean} / std {std} must be three finite floats each, std > 0. Use "
-        "the dataset's DatasetInfo.mean and .std."
+        f"metadata mean {mean} / std {std} must be {ch} finite float(s) each (one per "
+        "channel of image_shape), std > 0. Use the dataset's DatasetInfo.mean and .std."
       )
     if k < 1 or m < 0 or num_classes < 1:
       raise InputError(
@@ -167,12 +170,12 @@ class SyntheticSet:
         "M >= 0 compensators and at least one class."
       )
     h, w, _ = image_shape
-    want = (k, num_classes, h, w, 3)
+    want = (k, num_classes, h, w, ch)
     if self.images.dtype != np.uint8 or self.images.shape != want:
       raise InputError(
         f"images is {self.images.dtype} {list(self.images.shape)}; metadata (K={k}, "
         f"num_classes={num_classes}, image_shape={list(image_shape)}) needs uint8 "
-        f"{list(want)} [K, C, H, W, 3]. Fix the array or the metadata."
+        f"{list(want)} [K, C, H, W, channels]. Fix the array or the metadata."
       )
     if self.source_indices.dtype != np.int64 or self.source_indices.shape != (k, num_classes):
       raise InputError(
@@ -191,7 +194,7 @@ class SyntheticSet:
           "set M to the number of compensators per subset, or compensators to None."
         )
     else:
-      _check_float("compensators", self.compensators, (k, m, h, w, 3), "[K, M, H, W, 3]")
+      _check_float("compensators", self.compensators, (k, m, h, w, ch), "[K, M, H, W, channels]")
     if self.labels is not None:
       _check_float(
         "labels", self.labels, (k, m + 1, num_classes, num_classes), "[K, M + 1, C, num_classes]"
@@ -283,12 +286,12 @@ def dtype_from_name(name: str | np.dtype) -> np.dtype:
 
 
 def normalization(metadata: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-  """float32 ``(mean [3], std [3])`` of the set's dataset."""
+  """float32 ``(mean [ch], std [ch])`` of the set's dataset (ch = 3, or 1 for greyscale)."""
   return np.asarray(metadata["mean"], np.float32), np.asarray(metadata["std"], np.float32)
 
 
 def normalize_uint8(images: np.ndarray, mean, std) -> np.ndarray:
-  """Host-side normalisation, uint8 ``[..., H, W, 3]`` -> float32 ``(x / 255 - mean) / std``.
+  """Host-side normalisation, uint8 ``[..., H, W, ch]`` -> float32 ``(x / 255 - mean) / std``.
 
   The one expression (and float32 rounding) used both for the real images that recover
   optimises against and for materialised instances, so the two agree bit for bit.
@@ -299,7 +302,7 @@ def normalize_uint8(images: np.ndarray, mean, std) -> np.ndarray:
 
 
 def clip_bounds(metadata: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-  """float32 ``(lo [3], hi [3])``: the normalised images of pixel values 0 and 1.
+  """float32 ``(lo [ch], hi [ch])``: the normalised images of pixel values 0 and 1.
 
   They equal the normalised value of uint8 0 and 255 bit for bit, so real images always
   lie inside them.
@@ -315,7 +318,7 @@ def instance_coordinates(s: SyntheticSet) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def _fill(s: SyntheticSet, rows: np.ndarray, out: np.ndarray) -> None:
-  """Writes the float32 instances ``rows`` (flat indices) into ``out [len(rows), H, W, 3]``."""
+  """Writes the float32 instances ``rows`` (flat indices) into ``out [len(rows), H, W, ch]``."""
   mean, std = normalization(s.metadata)
   lo, hi = clip_bounds(s.metadata)
   k, m, c = np.unravel_index(rows, (s.K, s.M + 1, s.C))
@@ -337,7 +340,7 @@ def materialize_rows(
       :func:`materialize`).
 
   Returns:
-    ``(instances float32 [R, H, W, 3], soft_labels float32 [R, num_classes] or None,
+    ``(instances float32 [R, H, W, ch], soft_labels float32 [R, num_classes] or None,
     hard_labels int32 [R])``, equal to the same rows of :func:`materialize`.
   """
   rows = np.asarray(rows, np.int64).reshape(-1)
@@ -366,7 +369,7 @@ def materialize(s: SyntheticSet) -> tuple[np.ndarray, np.ndarray | None, np.ndar
     s: the set; validated first.
 
   Returns:
-    ``(instances float32 [N, H, W, 3], soft_labels float32 [N, num_classes] or None,
+    ``(instances float32 [N, H, W, ch], soft_labels float32 [N, num_classes] or None,
     hard_labels int32 [N])`` with ``N = K * (M + 1) * C``; soft labels are the stored
     logits (None for a hard-label set), hard labels the class index c.
   """
@@ -383,7 +386,7 @@ def materialize(s: SyntheticSet) -> tuple[np.ndarray, np.ndarray | None, np.ndar
 
 
 def denormalize_uint8(instances: np.ndarray, metadata: Mapping[str, Any]) -> np.ndarray:
-  """Normalised float ``[..., H, W, 3]`` -> uint8: ``clip(rint((x * std + mean) * 255))``."""
+  """Normalised float ``[..., H, W, ch]`` -> uint8: ``clip(rint((x * std + mean) * 255))``."""
   mean, std = normalization(metadata)
   pixels = (np.asarray(instances, np.float32) * std + mean) * np.float32(255.0)
   return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
@@ -396,7 +399,7 @@ def storage_bytes(s: SyntheticSet) -> dict[str, int]:
   """Exact bytes of what is stored, split by kind.
 
   Returns:
-    ``{'images': K*C*H*W*3, 'compensators': K*M*H*W*3*itemsize (0 when M == 0),
+    ``{'images': K*C*H*W*ch, 'compensators': K*M*H*W*ch*itemsize (0 when M == 0),
     'labels': K*(M+1)*C*num_classes*itemsize (0 for hard labels), 'total': the sum of those
     three, 'provenance': source_indices bytes}``. ``provenance`` (which training images were
     picked) is reported but not part of ``total``: a student never reads it. File-format

@@ -454,19 +454,19 @@ def test_float_images_in_unit_range_get_a_hint_that_works(tmp_path):
   np.testing.assert_array_equal(fixed, _images())
 
 
-def test_single_channel_images_get_a_hint_that_works(tmp_path):
+def test_single_channel_npz_loads_as_one_channel_without_a_conversion_hint(tmp_path):
   import numpy as np
 
   for shape in [(8, 8, 1), (8, 8)]:
     x = _images(shape=shape)
-    path = _npz(tmp_path / "g.npz", x, np.arange(12) % 3)
-    with pytest.raises(InputError) as e:
-      sources.load_dataset("npz", path)
-    hint = "x = np.repeat(x.reshape(*x.shape[:3], 1), 3, axis=-1)"
-    assert hint in str(e.value)
-    x = np.repeat(x.reshape(*x.shape[:3], 1), 3, axis=-1)  # the hint, applied
     ds = sources.load_dataset("npz", _npz(tmp_path / "g.npz", x, np.arange(12) % 3))
-    assert ds.info.image_shape == (8, 8, 3)
+    assert ds.info.image_shape == (8, 8, 1)
+    np.testing.assert_array_equal(ds.train.images(range(12)), x.reshape(12, 8, 8, 1))
+  # Greyscale floats still get the scaling hint, and no hint to replicate channels.
+  with pytest.raises(InputError) as e:
+    sources.load_dataset("npz", _npz(tmp_path / "f.npz", x / 255.0, np.arange(12) % 3))
+  assert "(x * 255).round().astype(np.uint8)" in str(e.value)
+  assert "np.repeat" not in str(e.value) and "[N, H, W] (greyscale)" in str(e.value)
 
 
 def test_safetensors_hint_names_the_package_not_the_torch_extra(monkeypatch):
@@ -511,3 +511,36 @@ def test_one_seed_prints_the_value_with_n_1_not_a_zero_std():
   assert evaluate.format_top1(three) == "50.00 ± 10.00"
   assert report._top1(one) == "45.67 (n = 1)"
   assert report._top1(three) == "50.00 ± 10.00"
+
+
+def test_a_full_disk_under_orbax_is_one_line_naming_the_file(capsys):
+  """Orbax writes through TensorStore, which reports a full disk as a ValueError (text as
+  measured on a full tmpfs), possibly wrapped; guarded turns it into the one line."""
+  from infer_jax.runtime.errors import guarded
+
+  path = "/w/teachers/resnet_tiny/final/0.orbax-checkpoint-tmp/variables/_sharding"
+  text = (
+    f'RESOURCE_EXHAUSTED: Error writing local file "{path}": Failed writing: "{path}.__lock": '
+    "Failed to write 7345 bytes to file 12: No space left on device [os_error_code='28']"
+  )
+
+  def job():
+    try:
+      raise ValueError(text)
+    except ValueError as e:
+      raise RuntimeError("checkpoint save failed") from e
+
+  assert guarded(job) == 1
+  out = capsys.readouterr().err.strip()
+  assert out == (
+    f"error: could not write {path}: no space left on the device. Work finished before this "
+    "point is intact (every file is written atomically and checkpoints resume): free some "
+    "space, then rerun the same command."
+  )
+
+  # Any other ValueError is a bug and keeps its traceback.
+  def bug():
+    raise ValueError("RESOURCE_EXHAUSTED: out of memory [os_error_code='12']")
+
+  with pytest.raises(ValueError, match="out of memory"):
+    guarded(bug)

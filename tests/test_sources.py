@@ -286,8 +286,10 @@ def test_npz_round_trip_and_stats(tmp_path):
   [
     ({"y_test": None}, "lacks the arrays \\['y_test'\\]"),
     ({"x_train": _rand_images(12).astype(np.float32)}, "x_train is float32"),
-    ({"x_train": _rand_images(12)[..., 0]}, "uint8 \\[N, H, W, 3\\]"),
-    ({"x_test": _rand_images(6)[..., :1]}, "x_test is uint8 \\(6, 8, 8, 1\\)"),
+    # Greyscale is accepted, but both splits need the same channel count.
+    ({"x_train": _rand_images(12)[..., 0]}, "x_train images are \\(8, 8, 1\\) but x_test"),
+    ({"x_test": _rand_images(6)[..., :1]}, "are \\(8, 8, 3\\) but x_test images are \\(8, 8, 1"),
+    ({"x_test": _rand_images(6)[..., :2]}, "x_test is uint8 \\(6, 8, 8, 2\\)"),
     ({"y_train": np.zeros(11, np.int64)}, "one label per image"),
     ({"y_train": np.full(12, 3, np.int64)}, "must lie in \\[0, 3\\)"),
     ({"y_test": -np.ones(6, np.int64)}, "must lie in \\[0, 3\\)"),
@@ -613,11 +615,13 @@ def test_tfds_variable_size_grayscale_validation_split(tfds_dir):
   with pytest.raises(InputError, match="variable size.*image_size"):
     load_dataset("tfds", tfds_name="infer_jax_test_gray", data_dir=data_dir)
   ds = load_dataset("tfds", tfds_name="infer_jax_test_gray", data_dir=data_dir, image_size=8)
-  assert ds.info.image_shape == (8, 8, 3) and len(ds.test) == 2  # 'validation' as test.
+  # A greyscale image feature stays one channel; 'validation' serves as the test split.
+  assert ds.info.image_shape == (8, 8, 1) and len(ds.test) == 2
   img = ds.test[0]["image"]
+  assert img.shape == (8, 8, 1)
   x = truth["infer_jax_test_gray"]["validation"][0][0][..., 0]  # 8x9 -> center 8x8.
-  np.testing.assert_array_equal(img[..., 1], img[..., 0])
   np.testing.assert_array_equal(img[..., 0], np.asarray(Image.fromarray(x).crop((0, 0, 8, 8))))
+  assert len(ds.info.mean) == 1 and len(ds.info.std) == 1
   assert sorted(ds.train.labels.tolist()) == [0, 0, 0, 1, 1]
 
 

@@ -85,10 +85,10 @@ def compression_ratio(
     stored_bytes: bytes a method stores (a synthetic set's ``storage_bytes()['total']``, plus
       the teachers' weights for online labels).
     num_train_images: size of the original training set (> 0).
-    image_shape: ``(H, W, 3)``.
+    image_shape: ``(H, W, C)`` (C = 3, or 1 for greyscale).
 
   Returns:
-    ``stored_bytes / (num_train_images * H * W * 3)``.
+    ``stored_bytes / (num_train_images * H * W * C)``.
 
   Raises:
     InputError: ``num_train_images`` is not positive.

@@ -207,10 +207,13 @@ def resized_crop(
     # Same size: a plain crop, exact and much cheaper than a resampling pass.
     return image[top : top + height, left : left + width].copy()
   # Pillow crops and resizes in one pass when given a box (left, upper, right, lower).
-  resized = Image.fromarray(image).resize(
+  # It takes greyscale as [H, W] ('L' mode), so a 1-channel image loses and regains its axis.
+  grey = image.shape[-1] == 1
+  resized = Image.fromarray(image[..., 0] if grey else image).resize(
     (ow, oh), Image.Resampling.BILINEAR, box=(left, top, left + width, top + height)
   )
-  return np.asarray(resized)
+  out = np.asarray(resized)
+  return out[..., None] if grey else out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,7 +245,7 @@ def _load(
 
 
 def _stack(images: list[np.ndarray], augment: str) -> np.ndarray:
-  """Stacks same-sized images into [b, H, W, 3]; a clear error when sizes differ."""
+  """Stacks same-sized images into [b, H, W, C]; a clear error when sizes differ."""
   if isinstance(images, np.ndarray):  # already a batch (a source's read_batch)
     return images
   try:
@@ -613,9 +616,10 @@ def train_iterator(
   # Host augmentation pads and resamples uint8 pixels; float images (e.g. synthetic instances
   # in normalised space) pass through unchanged and are augmented on device by the caller.
   allowed = (np.uint8, np.float32) if augment == "none" else (np.uint8,)
-  if first.dtype not in allowed or first.ndim != 3 or first.shape[-1] != 3:
+  if first.dtype not in allowed or first.ndim != 3 or first.shape[-1] not in (1, 3):
     raise InputError(
-      f"source images must be {' or '.join(np.dtype(t).name for t in allowed)} [H, W, 3] for "
+      f"source images must be {' or '.join(np.dtype(t).name for t in allowed)} [H, W, C] "
+      f"(C = 3, or 1 for greyscale) for "
       f"augment={augment!r}, got {first.dtype} {first.shape}."
     )
   missing = [k for k in extra_keys if k not in source[0]]

@@ -3,8 +3,11 @@
 Every loader returns a :class:`~infer_jax.data.types.Dataset` of two
 :class:`~infer_jax.data.types.ImageSource` objects (train, test) and a
 :class:`~infer_jax.data.types.DatasetInfo`; the readers live in :mod:`infer_jax.data.formats`,
-one module per format, and this module picks one. Images are always uint8 ``[H, W, 3]``
-(grayscale is replicated to three channels); labels are int64 in ``[0, num_classes)``. Sources
+one module per format, and this module picks one. Images are uint8 ``[H, W, 3]`` (RGB) or
+``[H, W, 1]`` (greyscale: an npz of ``[N, H, W]`` or ``[N, H, W, 1]`` images, an image folder
+whose files are all greyscale, a TFDS dataset with a 1-channel image feature); the digits
+are replicated to three channels, as they always have been. Labels are int64 in
+``[0, num_classes)``. Sources
 follow grain's ``RandomAccessDataSource`` protocol (``__len__`` and ``__getitem__``), so they
 can be handed to ``grain.MapDataset.source`` directly, and they expose ``labels`` without
 decoding any image so that class-balanced samplers can index them cheaply.
@@ -44,7 +47,7 @@ dataset's version directory when it is writable, because array_record keeps whol
 together and reading every label means reading the whole split.
 
 Normalisation statistics (``DatasetInfo.mean``/``std``, for images scaled to [0, 1]) are
-the standard constants for known names (cifar10, cifar100, tinyimagenet, imagenet1k),
+the standard constants for known names (cifar10, cifar100, tinyimagenet, imagenet1k; RGB only),
 otherwise computed from the training images (all of them for in-memory sources, a fixed
 seeded sample of up to 1000 images for lazily decoded ones); explicit ``mean``/``std``
 arguments override both.
@@ -57,7 +60,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from infer_jax.data.formats import cifar, digits, imagefolder, npz, tfds, tinyimagenet
-from infer_jax.data.types import Dataset, check_class_coverage, check_image_size, make_dataset
+from infer_jax.data.types import (
+  Dataset,
+  check_class_coverage,
+  check_image_size,
+  check_min_size,
+  make_dataset,
+)
 from infer_jax.runtime.errors import InputError
 
 SOURCES = ("digits", "npz", "imagefolder", "cifar10", "cifar100", "tinyimagenet", "tfds")
@@ -104,7 +113,8 @@ def load_dataset(
   tfds_name: str | None = None,
   data_dir: str | os.PathLike | None = None,
 ) -> Dataset:
-  """Loads a dataset as a :class:`Dataset` of uint8 ``[H, W, 3]`` images and int64 labels.
+  """Loads a dataset as a :class:`Dataset` of uint8 ``[H, W, C]`` images (C = 3, or 1 for
+  greyscale data) and int64 labels.
 
   Args:
     source: one of ``SOURCES`` (see the module docstring).
@@ -112,11 +122,12 @@ def load_dataset(
     name: ``DatasetInfo.name``; defaults to the source name (digits, cifar10, cifar100,
       tinyimagenet), the file stem (npz), the folder name (imagefolder) or the TFDS name.
       Names in ``KNOWN_STATS`` get the standard mean/std.
-    image_size: output side S, giving ``(S, S, 3)`` images. In-memory sources (digits,
+    image_size: output side S, giving ``(S, S, C)`` images. In-memory sources (digits,
       npz, cifar) upsample square images by an integer factor (nearest neighbour); lazy
       sources (imagefolder, tinyimagenet, tfds) resize the shorter side to S (bilinear)
       and center-crop. Required for image folders/TFDS sets of mixed image sizes.
-    mean, std: three per-channel values overriding the automatic statistics.
+    mean, std: per-channel values (three, or one for greyscale) overriding the automatic
+      statistics.
     tfds_name: TFDS dataset name (``source='tfds'``), e.g. ``'cifar10'``.
     data_dir: TFDS data directory (``source='tfds'``); TFDS's default when None.
 
@@ -182,6 +193,8 @@ def load_from_config(cfg: Any) -> Dataset:
   source = kw.pop("source") or "digits"
   path = kw.pop("path")
   dataset = load_dataset(source, path, **kw)
-  # A run needs every class in the training set; say so now, not after the teachers train.
+  # A run needs every class in the training set and images of at least 8x8; say so now,
+  # not after the teachers train.
+  check_min_size(dataset.info.name, dataset.info.image_shape)
   check_class_coverage(dataset.info.name, dataset.train, dataset.info.label_names)
   return dataset

@@ -1,8 +1,9 @@
 """Dataset types and the checks every format reader shares.
 
 A dataset is a :class:`Dataset`: two :class:`ImageSource` objects (train, test) of uint8
-``[H, W, 3]`` images with int64 labels, and a :class:`DatasetInfo` (name, classes, image
-shape, normalisation statistics). The readers of :mod:`infer_jax.data.formats` build their
+``[H, W, C]`` images (C = 3 for colour, 1 for greyscale) with int64 labels, and a
+:class:`DatasetInfo` (name, classes, image shape, normalisation statistics, one value per
+channel). The readers of :mod:`infer_jax.data.formats` build their
 sources from these types and checks; :mod:`infer_jax.data.sources` picks the reader.
 """
 
@@ -38,6 +39,16 @@ _STATS_SAMPLE = 1000  # Images sampled to estimate mean/std of lazily decoded so
 _STATS_SEED = 0
 
 
+# Channel counts the pipeline carries: greyscale and RGB.
+CHANNELS = (1, 3)
+
+
+# The smallest image side: the student's random-resized crop, the recover crop and the
+# teachers' stride-2 stages are exercised down to 8x8 (the digits); smaller images are
+# refused at load rather than failing inside a model.
+MIN_IMAGE_SIDE = 8
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
   """Static description of a dataset, stored with checkpoints.
@@ -45,10 +56,11 @@ class DatasetInfo:
   Attributes:
     name: short name, e.g. ``'digits'`` or ``'cifar10'``; selects known mean/std.
     num_classes: number of classes C; labels lie in ``[0, C)``.
-    image_shape: ``(H, W, 3)`` of every image the sources return.
-    label_names: C human-readable class names, in label order.
-    mean: per-channel mean of the training images scaled to [0, 1], shape (3,).
-    std: per-channel standard deviation of the same, shape (3,).
+    image_shape: ``(H, W, C)`` of every image the sources return; C is 3 (RGB) or 1
+      (greyscale).
+    label_names: human-readable class names, one per class, in label order.
+    mean: per-channel mean of the training images scaled to [0, 1], shape (C,).
+    std: per-channel standard deviation of the same, shape (C,).
     num_train: number of training images.
     num_test: number of test images.
   """
@@ -57,8 +69,8 @@ class DatasetInfo:
   num_classes: int
   image_shape: tuple[int, int, int]
   label_names: tuple[str, ...]
-  mean: tuple[float, float, float]
-  std: tuple[float, float, float]
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
   num_train: int
   num_test: int
 
@@ -97,14 +109,15 @@ class DatasetInfo:
       ) from e
     if (
       len(info.image_shape) != 3
-      or len(info.mean) != 3
-      or len(info.std) != 3
+      or info.image_shape[2] not in CHANNELS
+      or len(info.mean) != info.image_shape[2]
+      or len(info.std) != info.image_shape[2]
       or len(info.label_names) != info.num_classes
     ):
       raise InputError(
-        f"Dataset metadata is inconsistent ({info}): image_shape, mean and std need 3 "
-        "values and label_names one name per class. Use metadata written by "
-        "DatasetInfo.to_dict."
+        f"Dataset metadata is inconsistent ({info}): image_shape needs 3 values [H, W, C] "
+        "with C 1 or 3, mean and std one value per channel and label_names one name per "
+        "class. Use metadata written by DatasetInfo.to_dict."
       )
     return info
 
@@ -114,7 +127,7 @@ class ImageSource:
 
   Attributes:
     labels: int64 ``[N]`` class of every record, available without decoding images.
-    image_shape: ``(H, W, 3)`` of every image returned.
+    image_shape: ``(H, W, C)`` of every image returned (C = 3 or 1).
 
   Subclasses implement :meth:`_load` (one image) and may override :meth:`images` with a
   faster batched path.
@@ -137,16 +150,16 @@ class ImageSource:
     return i
 
   def _load(self, index: int) -> np.ndarray:
-    """Returns image ``index`` (already range-checked) as uint8 ``[H, W, 3]``."""
+    """Returns image ``index`` (already range-checked) as uint8 ``[H, W, C]``."""
     raise NotImplementedError
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    """Returns ``{'image': uint8 [H, W, 3], 'label': np.int64 scalar}``."""
+    """Returns ``{'image': uint8 [H, W, C], 'label': np.int64 scalar}``."""
     i = self._index(index)
     return {"image": self._load(i), "label": np.int64(self.labels[i])}
 
   def images(self, indices: np.ndarray | Sequence[int]) -> np.ndarray:
-    """Returns the images at ``indices`` (int ``[K]``) as uint8 ``[K, H, W, 3]``."""
+    """Returns the images at ``indices`` (int ``[K]``) as uint8 ``[K, H, W, C]``."""
     out = np.empty((len(indices), *self.image_shape), np.uint8)
     for k, index in enumerate(indices):
       out[k] = self._load(self._index(index))
@@ -157,18 +170,19 @@ class ImageSource:
 
 
 class ArraySource(ImageSource):
-  """In-memory source over uint8 ``images [N, H, W, 3]`` and integer ``labels [N]``.
+  """In-memory source over uint8 ``images [N, H, W, C]`` (C = 3 or 1) and integer ``labels [N]``.
 
-  ``array`` is the whole uint8 ``[N, H, W, 3]`` array (e.g. to put on device at once).
+  ``array`` is the whole uint8 ``[N, H, W, C]`` array (e.g. to put on device at once).
   """
 
   def __init__(self, images: np.ndarray, labels: np.ndarray):
     images = np.asarray(images)
     labels = np.asarray(labels)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in CHANNELS:
       raise InputError(
-        f"Images must be uint8 [N, H, W, 3]; got {images.dtype} {images.shape}. Convert "
-        "them (np.asarray(x, np.uint8); replicate grayscale with np.repeat(x, 3, -1))."
+        f"Images must be uint8 [N, H, W, C] with C = 3 (RGB) or 1 (greyscale); got "
+        f"{images.dtype} {images.shape}. Convert them (np.asarray(x, np.uint8); give "
+        "greyscale (N, H, W) images a channel axis with x[..., None])."
       )
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
       raise InputError(
@@ -187,7 +201,7 @@ class ArraySource(ImageSource):
     return self.array[index]
 
   def images(self, indices: np.ndarray | Sequence[int]) -> np.ndarray:
-    """Returns ``array[indices]``: uint8 ``[K, H, W, 3]`` (a copy)."""
+    """Returns ``array[indices]``: uint8 ``[K, H, W, C]`` (a copy)."""
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     n = len(self)
     if idx.size and (idx.min() < -n or idx.max() >= n):
@@ -279,8 +293,8 @@ def check_image_size(image_size: Any) -> int | None:
 
 
 def upsample(images: np.ndarray, image_size: int | None, what: str) -> np.ndarray:
-  """Nearest-neighbour upsampling of uint8 ``[N, H, W, 3]`` by an integer factor so that
-  the result is ``[N, image_size, image_size, 3]`` (in-memory sources only)."""
+  """Nearest-neighbour upsampling of uint8 ``[N, H, W, C]`` by an integer factor so that
+  the result is ``[N, image_size, image_size, C]`` (in-memory sources only)."""
   if image_size is None:
     return images
   h, w = images.shape[1:3]
@@ -297,13 +311,14 @@ def upsample(images: np.ndarray, image_size: int | None, what: str) -> np.ndarra
 
 
 def _array_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Per-channel mean/std (population) of uint8 ``[N, H, W, 3]`` scaled to [0, 1]."""
+  """Per-channel mean/std (population), each ``[C]``, of uint8 ``[N, H, W, C]`` scaled to [0, 1]."""
   # Chunked float64 sums keep memory bounded for large arrays and avoid float32 drift.
-  s = np.zeros(3, np.float64)
-  s2 = np.zeros(3, np.float64)
+  c = images.shape[-1]
+  s = np.zeros(c, np.float64)
+  s2 = np.zeros(c, np.float64)
   count = 0
   for start in range(0, len(images), 2048):
-    chunk = images[start : start + 2048].reshape(-1, 3).astype(np.float64) / 255.0
+    chunk = images[start : start + 2048].reshape(-1, c).astype(np.float64) / 255.0
     s += chunk.sum(0)
     s2 += np.square(chunk).sum(0)
     count += len(chunk)
@@ -315,7 +330,7 @@ def _array_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def compute_stats(source: ImageSource) -> tuple[tuple[float, ...], tuple[float, ...]]:
-  """Per-channel (mean, std), each shape (3,), of ``source``'s images scaled to [0, 1].
+  """Per-channel (mean, std), each shape (C,), of ``source``'s images scaled to [0, 1].
 
   Uses every image of an :class:`ArraySource`; for lazy sources a fixed seeded sample of
   up to 1000 images (decoding a whole ImageNet-size set would take hours).
@@ -332,17 +347,48 @@ def compute_stats(source: ImageSource) -> tuple[tuple[float, ...], tuple[float, 
   return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
-def _triple(value: Any, what: str) -> tuple[float, float, float]:
+def _per_channel(value: Any, what: str, channels: int) -> tuple[float, ...]:
   try:
     t = tuple(float(v) for v in value)
   except (TypeError, ValueError):
     t = ()
-  if len(t) != 3 or not all(np.isfinite(t)):
-    raise InputError(
-      f"{what} must be three finite numbers (one per RGB channel), got {value!r}; "
-      f"e.g. {what}=(0.5, 0.5, 0.5)."
-    )
+  if len(t) != channels or not all(np.isfinite(t)):
+    if channels == 3:
+      need, example = "three finite numbers (one per RGB channel)", "(0.5, 0.5, 0.5)"
+    else:
+      need, example = "one finite number (the images are greyscale: one channel)", "(0.5,)"
+    raise InputError(f"{what} must be {need}, got {value!r}; e.g. {what}={example}.")
   return t
+
+
+def check_channels(name: str, shape: Sequence[int]) -> None:
+  """InputError unless ``shape`` is ``(H, W, C)`` with C 1 or 3."""
+  c = int(shape[-1])
+  if len(shape) != 3 or c not in CHANNELS:
+    raise InputError(
+      f"Dataset {name!r} has images of shape {tuple(shape)}; infer-jax reads RGB (3-channel) "
+      "or greyscale (1-channel) images. Convert the images to one of those."
+    )
+
+
+def check_min_size(name: str, shape: Sequence[int]) -> None:
+  """InputError naming the minimum unless ``shape`` ``(H, W, C)`` has H, W >= 8.
+
+  Checked when a run loads its dataset (the loaders themselves accept any size): smaller
+  images fail inside the models and crops of every stage instead.
+  """
+  h, w = (int(s) for s in shape[:2])
+  if min(h, w) < MIN_IMAGE_SIDE:
+    if h == w:
+      # In-memory sources upsample by an integer factor; lazy ones resize to any size.
+      size = max(h, 1) * -(-MIN_IMAGE_SIDE // max(h, 1))
+      fix = f"Upsample them with --config.data.image_size={size} (image_size={size})"
+    else:
+      fix = f"Resize them to at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} when preparing the data"
+    raise InputError(
+      f"Dataset {name!r} has {h}x{w} images; the smallest size infer-jax trains on is "
+      f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}. {fix}."
+    )
 
 
 def check_class_coverage(name: str, train: ImageSource, label_names: Sequence[str]) -> None:
@@ -390,7 +436,12 @@ def make_dataset(
       f"Train images are {train.image_shape} but test images are {test.image_shape}; "
       "both splits must share one shape. Pass image_size to resize them to one size."
     )
+  check_channels(name, train.image_shape)
+  channels = int(train.image_shape[2])
   known = KNOWN_STATS.get(name)
+  if known is not None and channels != 3:
+    # The standard constants are RGB: a greyscale copy of e.g. CIFAR-10 gets its own.
+    known = None
   if mean is None or std is None:
     if known is not None:
       auto_mean, auto_std = known
@@ -398,10 +449,12 @@ def make_dataset(
       auto_mean, auto_std = compute_stats(train)
     mean = auto_mean if mean is None else mean
     std = auto_std if std is None else std
-  mean = _triple(mean, "mean")
-  std = _triple(std, "std")
+  mean = _per_channel(mean, "mean", channels)
+  std = _per_channel(std, "std", channels)
   if min(std) <= 0:
-    raise InputError(f"std must be positive per channel, got {std}; pass e.g. std=(0.25,)*3.")
+    raise InputError(
+      f"std must be positive per channel, got {std}; pass e.g. std=(0.25,)*{channels}."
+    )
   info = DatasetInfo(
     name=name,
     num_classes=len(label_names),

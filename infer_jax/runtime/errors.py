@@ -6,6 +6,8 @@ traceback.
 """
 
 import errno
+import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -48,6 +50,33 @@ def write_fault_message(e: OSError) -> str | None:
   )
 
 
+# How TensorStore (Orbax's writer) reports an OS error: it raises a ValueError such as
+# 'RESOURCE_EXHAUSTED: Error writing local file "PATH": ... No space left on device
+# [os_error_code='28']' instead of an OSError.
+_TENSORSTORE_ERRNO = re.compile(r"\[os_error_code='(\d+)'\]")
+_TENSORSTORE_FILE = re.compile(r'(?:Error writing local file|Failed writing:?) "([^"]+)"')
+
+
+def checkpoint_write_fault(e: BaseException) -> OSError | None:
+  """The refused write behind an exception a checkpoint library raised, as an OSError.
+
+  Looks through ``e`` and its causes for an OSError, or TensorStore's text form of one,
+  whose errno is a write fault (disk full, read-only, ...); None when there is none.
+  """
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in _WRITE_FAULTS:
+      return e
+    code = _TENSORSTORE_ERRNO.search(str(e))
+    if code and int(code.group(1)) in _WRITE_FAULTS:
+      name = _TENSORSTORE_FILE.search(str(e))
+      n = int(code.group(1))
+      return OSError(n, os.strerror(n), name.group(1) if name else None)
+    e = e.__cause__ or e.__context__
+  return None
+
+
 def guarded(job: Callable[[], None]) -> int:
   """Runs ``job()``; returns the exit status, printing one line for the failures a user fixes.
 
@@ -63,8 +92,11 @@ def guarded(job: Callable[[], None]) -> int:
   except KeyboardInterrupt:
     print(f"\n{INTERRUPTED}", file=sys.stderr)
     return 130
-  except OSError as e:
-    message = write_fault_message(e)
+  except Exception as e:
+    # An OSError, or a checkpoint library's wrapping of one (Orbax raises TensorStore's
+    # ValueError for a full disk).
+    fault = checkpoint_write_fault(e)
+    message = None if fault is None else write_fault_message(fault)
     if message is None:
       raise
     print(f"error: {message}", file=sys.stderr)

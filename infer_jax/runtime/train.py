@@ -113,7 +113,7 @@ def create_train_state(
     model: Flax classifier.
     tx: optimiser.
     rng: PRNG key for parameter initialisation.
-    image_shape: ``(H, W, 3)``.
+    image_shape: ``(H, W, C)`` (C = 3, or 1 for greyscale).
     mesh: device mesh; the state is replicated over it.
   """
 
@@ -150,7 +150,7 @@ def make_train_step(
   Args:
     model: Flax classifier.
     tx: optimiser.
-    mean, std: per-channel normalisation (3 floats each).
+    mean, std: per-channel normalisation (one float per channel each).
     label_smoothing: label smoothing of the cross-entropy.
     seed: base seed of stochastic layers.
 

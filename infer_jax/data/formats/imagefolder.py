@@ -1,4 +1,10 @@
-"""Image folders ``<path>/{train,test}/<class>/<image files>``, decoded lazily with Pillow."""
+"""Image folders ``<path>/{train,test}/<class>/<image files>``, decoded lazily with Pillow.
+
+A folder whose images are all greyscale (Pillow modes 'L', '1', 'LA', 'I', 'I;16', 'F') is
+read as one channel; any colour image makes the whole dataset RGB (greyscale files are then
+replicated to three channels). With ``image_size`` set, the decision reads the headers of a
+fixed seeded sample of up to 1000 files instead of every file.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,11 @@ import numpy as np
 
 from infer_jax.data.types import ImageSource, check_path, resize_center_crop
 from infer_jax.runtime.errors import InputError
+
+# Pillow modes that hold one intensity per pixel (an 'LA' alpha channel is dropped).
+GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
+
+_MODE_SAMPLE = 1000  # headers read to choose the channel count when image_size is set
 
 # Lower-case file extensions that Pillow decodes and that image folders commonly hold.
 IMAGE_EXTENSIONS = frozenset(
@@ -22,10 +33,11 @@ class FileImageSource(ImageSource):
   Args:
     files: N image paths.
     labels: int ``[N]`` labels.
-    image_shape: ``(H, W, 3)`` every decoded image must have.
+    image_shape: ``(H, W, C)`` every decoded image must have; C = 1 decodes to Pillow's
+      'L' (greyscale), C = 3 to 'RGB'.
     image_size: if set, images are resized (shorter side to ``image_size``, bilinear)
       and center-cropped to ``image_size x image_size``; ``image_shape`` must then be
-      ``(image_size, image_size, 3)``.
+      ``(image_size, image_size, C)``.
   """
 
   def __init__(
@@ -48,10 +60,12 @@ class FileImageSource(ImageSource):
     path = self.files[index]
     try:
       with Image.open(path) as img:
-        img = img.convert("RGB")
+        img = img.convert("L" if self.image_shape[-1] == 1 else "RGB")
         if self.image_size is not None:
           img = resize_center_crop(img, self.image_size)
         arr = np.asarray(img, dtype=np.uint8)
+        if arr.ndim == 2:
+          arr = arr[..., None]  # 'L' decodes to [H, W]; sources return [H, W, 1]
     except (OSError, UnidentifiedImageError, ValueError) as e:
       raise InputError(
         f"Cannot decode image file {path!r} ({e}). Remove or replace the file."
@@ -85,28 +99,43 @@ def _class_dirs(split_dir: str) -> list[str]:
   )
 
 
-def _common_shape(files: Sequence[str], what: str) -> tuple[int, int, int]:
-  """Reads image headers (no decoding) and returns the shared ``(H, W, 3)`` shape."""
+def _header(f: str) -> tuple[int, int, str]:
+  """``(width, height, Pillow mode)`` of image file ``f`` from its header (no decoding)."""
   from PIL import Image, UnidentifiedImageError
 
+  try:
+    with Image.open(f) as img:
+      return img.size[0], img.size[1], img.mode
+  except (OSError, UnidentifiedImageError) as e:
+    raise InputError(f"Cannot read image file {f!r} ({e}); remove or replace it.") from e
+
+
+def _channels(files: Sequence[str]) -> int:
+  """1 when every sampled file is greyscale, else 3 (see the module docstring)."""
+  idx = np.arange(len(files))
+  if len(files) > _MODE_SAMPLE:
+    idx = np.sort(np.random.default_rng(0).choice(len(files), _MODE_SAMPLE, replace=False))
+  return 1 if all(_header(files[i])[2] in GREY_MODES for i in idx) else 3
+
+
+def _common_shape(files: Sequence[str], what: str) -> tuple[int, int, int]:
+  """Reads image headers (no decoding) and returns the shared ``(H, W, C)`` shape."""
   shape = None
   first = None
+  grey = True
   for f in files:
-    try:
-      with Image.open(f) as img:
-        w, h = img.size
-    except (OSError, UnidentifiedImageError) as e:
-      raise InputError(f"Cannot read image file {f!r} ({e}); remove or replace it.") from e
+    w, h, mode = _header(f)
+    grey = grey and mode in GREY_MODES
     if shape is None:
-      shape, first = (h, w, 3), f
-    elif (h, w, 3) != shape:
+      shape, first = (h, w), f
+    elif (h, w) != shape:
       raise InputError(
         f"{what}: image {f!r} is {w}x{h} but {first!r} is {shape[1]}x{shape[0]}; all "
         "images must share one size. Pass image_size (e.g. image_size=64) to resize "
         "(shorter side) and center-crop every image."
       )
   assert shape is not None
-  return shape
+  return (*shape, 1 if grey else 3)
 
 
 def load(path: str, image_size: int | None):
@@ -153,6 +182,9 @@ def load(path: str, image_size: int | None):
       labels += [c] * len(found)
     splits.append((files, np.asarray(labels, np.int64)))
     all_files += files
-  shape = _common_shape(all_files, path) if image_size is None else (image_size, image_size, 3)
+  if image_size is None:
+    shape = _common_shape(all_files, path)
+  else:
+    shape = (image_size, image_size, _channels(all_files))
   train, test = (FileImageSource(f, y, shape, image_size) for f, y in splits)
   return train, test, classes

@@ -1,4 +1,8 @@
-"""A ``.npz`` file of uint8 NHWC ``x_train``/``x_test`` and integer ``y_train``/``y_test``."""
+"""A ``.npz`` file of uint8 NHWC ``x_train``/``x_test`` and integer ``y_train``/``y_test``.
+
+Images are ``[N, H, W, 3]`` (RGB), or greyscale as ``[N, H, W, 1]`` or ``[N, H, W]``; a
+greyscale set stays one channel through the whole pipeline.
+"""
 
 from __future__ import annotations
 
@@ -50,7 +54,10 @@ def load(path: str, image_size: int | None):
       ) from e
   for split in ("train", "test"):
     x, y = arrays["x_" + split], arrays["y_" + split]
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
+    if x.dtype == np.uint8 and x.ndim == 3:
+      # Greyscale without a channel axis: [N, H, W] -> [N, H, W, 1] (a view, no copy).
+      x = arrays["x_" + split] = x[..., None]
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
       raise InputError(f"{path!r}: x_{split} is {x.dtype} {x.shape}; {_image_hint(x)}")
     if y.ndim != 1 or len(y) != len(x):
       raise InputError(
@@ -89,7 +96,9 @@ def load(path: str, image_size: int | None):
 
 def _image_hint(x: np.ndarray) -> str:
   """What the images must be, and the conversion that fits what they are."""
-  need = "it must be uint8 [N, H, W, 3] (channels last). "
+  need = (
+    "it must be uint8 [N, H, W, 3] (RGB, channels last), [N, H, W, 1] or [N, H, W] (greyscale). "
+  )
   fixes = []
   if x.dtype.kind == "f":
     top = float(np.nanmax(x)) if x.size else 0.0
@@ -102,9 +111,6 @@ def _image_hint(x: np.ndarray) -> str:
     fixes.append("convert with x = x.astype(np.uint8) (values must lie in 0..255)")
   if x.ndim == 4 and x.shape[1] in (1, 3) and x.shape[-1] not in (1, 3):
     fixes.append("transpose NCHW to NHWC with x = x.transpose(0, 2, 3, 1)")
-  elif x.ndim == 3 or (x.ndim == 4 and x.shape[-1] == 1):
-    # Works for both (N, H, W) and (N, H, W, 1).
-    fixes.append("replicate grayscale with x = np.repeat(x.reshape(*x.shape[:3], 1), 3, axis=-1)")
   if not fixes:
     return need.strip()
   text = "; then ".join(fixes)

@@ -22,7 +22,8 @@ class TfdsSource(ImageSource):
     source: the object ``tfds.data_source`` returned for the split (random access to
       dicts of numpy values).
     image_key / label_key: feature names of the image and the class label.
-    image_shape: ``(H, W, 3)`` of the returned images.
+    image_shape: ``(H, W, C)`` of the returned images: C = 1 for a greyscale image
+      feature (kept one channel), else 3 (a greyscale image of an RGB feature is replicated).
     image_size: resize + center-crop target, as in :class:`FileImageSource`.
     label_reader: optional callable returning a data source for the same split whose
       images are NOT decoded (``decoders={image_key: tfds.decode.SkipDecoding()}``);
@@ -117,14 +118,17 @@ class TfdsSource(ImageSource):
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[-1] not in (1, 3):
       raise InputError(
         f"TFDS image feature gives {arr.dtype} {arr.shape}; only uint8 images with 1 or 3 "
-        "channels are supported. Use an RGB or grayscale uint8 image dataset."
+        "channels are supported. Use an RGB or greyscale uint8 image dataset."
       )
-    if arr.shape[-1] == 1:
+    if arr.shape[-1] == 1 and self.image_shape[-1] == 3:
       arr = np.repeat(arr, 3, axis=-1)
     if self.image_size is not None and arr.shape != self.image_shape:
       from PIL import Image
 
-      arr = np.asarray(resize_center_crop(Image.fromarray(arr), self.image_size))
+      # Pillow takes greyscale as [H, W] ('L' mode); the channel axis comes back after.
+      pil = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+      arr = np.asarray(resize_center_crop(pil, self.image_size))
+      arr = arr[..., None] if arr.ndim == 2 else arr
     if arr.shape != self.image_shape:
       raise InputError(
         f"TFDS image has shape {arr.shape}, expected {self.image_shape}. Pass image_size "
@@ -200,10 +204,12 @@ def load(tfds_name: str | None, data_dir: str | None, image_size: int | None):
       "image-classification dataset."
     )
   shape = tuple(features[image_key].shape)
+  # A greyscale image feature (channels=1, e.g. MNIST) stays one channel.
+  channels = 1 if len(shape) == 3 and shape[2] == 1 else 3
   if image_size is not None:
-    image_shape = (image_size, image_size, 3)
+    image_shape = (image_size, image_size, channels)
   elif len(shape) == 3 and None not in shape[:2] and shape[2] in (1, 3):
-    image_shape = (int(shape[0]), int(shape[1]), 3)
+    image_shape = (int(shape[0]), int(shape[1]), channels)
   else:
     raise InputError(
       f"TFDS dataset {tfds_name!r} has images of shape {shape} (variable size); pass "
