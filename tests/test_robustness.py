@@ -544,3 +544,34 @@ def test_a_full_disk_under_orbax_is_one_line_naming_the_file(capsys):
 
   with pytest.raises(ValueError, match="out of memory"):
     guarded(bug)
+
+
+def test_orbax_writer_thread_tracebacks_are_not_printed_under_guarded(capsys):
+  """Orbax logs a traceback per writer thread before re-raising the failure in the main
+  thread (about 140 lines for one full disk, measured on a full tmpfs); under guarded they
+  are dropped and the one line remains. Other error logs still print."""
+  import logging
+
+  from infer_jax.runtime.errors import guarded
+
+  handler = logging.StreamHandler(sys.stderr)
+  logger = logging.getLogger("absl")
+  logger.addHandler(handler)
+
+  def record(pathname: str, message: str) -> logging.LogRecord:
+    return logging.LogRecord("absl", logging.ERROR, pathname, 387, message, None, None)
+
+  orbax_file = "/venv/lib/python3.11/site-packages/orbax/checkpoint/future.py"
+  try:
+
+    def job():
+      logger.handle(record(orbax_file, "_SignalingThread.run() raised an exception: X"))
+      logger.handle(record("/src/infer_jax/squeeze.py", "a real error, raised an exception"))
+      logger.handle(record(orbax_file, "another Orbax error"))
+
+    assert guarded(job) == 0
+  finally:
+    logger.removeHandler(handler)
+  err = capsys.readouterr().err
+  assert "_SignalingThread" not in err
+  assert "a real error, raised an exception" in err and "another Orbax error" in err

@@ -6,6 +6,7 @@ traceback.
 """
 
 import errno
+import logging
 import os
 import re
 import sys
@@ -77,6 +78,23 @@ def checkpoint_write_fault(e: BaseException) -> OSError | None:
   return None
 
 
+class _OrbaxThreadErrors(logging.Filter):
+  """Drops Orbax's per-thread "raised an exception" logs (a traceback for each of its writer
+  threads: about 140 lines for one full disk). The same exception is re-raised in the main
+  thread, where :func:`guarded` reports it: in one line when the user can fix it, with its
+  traceback when it is a bug; nothing is lost by the filter."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (
+      "orbax" in record.pathname.replace(os.sep, "/").split("/site-packages/")[-1]
+      and record.levelno >= logging.ERROR
+      and "raised an exception" in record.getMessage()
+    )
+
+
+_ORBAX_FILTER = _OrbaxThreadErrors()
+
+
 def guarded(job: Callable[[], None]) -> int:
   """Runs ``job()``; returns the exit status, printing one line for the failures a user fixes.
 
@@ -84,6 +102,10 @@ def guarded(job: Callable[[], None]) -> int:
   (disk full, read-only, permission; the file is named). 130: Ctrl-C. Anything else is a
   bug and keeps its traceback.
   """
+  # Orbax logs through absl's logger, whose handler prints to stderr.
+  for name in ("absl", ""):
+    if _ORBAX_FILTER not in logging.getLogger(name).filters:
+      logging.getLogger(name).addFilter(_ORBAX_FILTER)
   try:
     job()
   except InputError as e:
