@@ -311,7 +311,7 @@ def plot_compensators(s: synthetic.SyntheticSet, path: str, *, subset: int = 0, 
     if m == 0:
       ax.text(0.5, 0.5, "real\nx", ha="center", va="center", fontsize=8)
     else:
-      u = np.asarray(s.compensators[k, m - 1], np.float32)
+      u = synthetic.compensator_values(s, np.array([k]), np.array([m - 1]))[0]
       u = u[..., 0] if grey else u
       ax.imshow((u - u.min()) / max(float(u.max() - u.min()), 1e-12), **gray)
       ax.set_title(f"u: {teachers[m - 1]}", fontsize=6)

@@ -72,7 +72,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.recover.log_every = 100
 
   c.synthetic = ml_collections.ConfigDict()
-  c.synthetic.compensator_dtype = "float32"  # float32 | float16 | bfloat16
+  # float32 | float16 | bfloat16 | uint8 (affine per compensator: scale and offset float32)
+  c.synthetic.compensator_dtype = "float32"
   c.synthetic.label_dtype = "float32"  # float32 | float16 | bfloat16
   c.synthetic.relabel_batch_size = 500
 
