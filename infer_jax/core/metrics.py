@@ -43,7 +43,8 @@ def dd_ranking(rows: Sequence[dict[str, Any]], weight: float = LRS_WEIGHT) -> No
   """Adds ``'ior'``, ``'hlr'`` and ``'lrs'`` (fractions, or None) to every row, in place.
 
   Rows are compared only with rows of the same protocol (:func:`row_protocol`); each row
-  needs ``'key'``, ``'set'``, ``'labels'`` and ``'final_top1_mean'``.
+  needs ``'key'``, ``'labels'`` and ``'final_top1_mean'``, and names its ``'set'`` (its key
+  when it does not).
 
   * ``ior``: the row's mean top-1 minus Random's: the 'random_hard' row for a hard-label row
     (the full-data row included), the 'random' row (static soft labels) otherwise. None when
@@ -59,16 +60,21 @@ def dd_ranking(rows: Sequence[dict[str, Any]], weight: float = LRS_WEIGHT) -> No
   for group in groups.values():
     by_key = {r["key"]: r for r in group}
     # A hard-label row's set may be named '<base>_hard' (the set <base> without soft labels).
-    hard_by_set = {r["set"].removesuffix("_hard"): r for r in group if r["labels"] == "hard"}
+    hard_by_set = {_set(r): r for r in group if r["labels"] == "hard"}
     full = by_key.get("full_data")
     for r in group:
       ref = by_key.get("random_hard" if r["labels"] == "hard" else "random")
       r["ior"] = None if ref is None else r["final_top1_mean"] - ref["final_top1_mean"]
-      hard = hard_by_set.get(r["set"].removesuffix("_hard"))
+      hard = hard_by_set.get(_set(r))
       r["hlr"] = (
         None if full is None or hard is None else full["final_top1_mean"] - hard["final_top1_mean"]
       )
       r["lrs"] = None if r["ior"] is None or r["hlr"] is None else lrs(r["ior"], r["hlr"], weight)
+
+
+def _set(row: dict[str, Any]) -> str:
+  """The set a row trained on, without the '_hard' suffix of a hard-label copy."""
+  return str(row.get("set", row["key"])).removesuffix("_hard")
 
 
 def within_class_cosine(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
