@@ -11,8 +11,12 @@
 4. Relabel: static soft labels (the teachers' mean logits) of all K*(M+1)*C instances.
 5. Save the synthetic set to ``DIR/synthetic/infer.npz`` (docs/synthetic_format.md).
 6. Compare (``config.methods``, docs/protocol.md): every method is evaluated with the same
-   teachers, student, augmentation, MixUp, temperature, optimiser and number of
-   optimisation steps, one student per evaluation seed (``config.evaluate.seeds``):
+   teachers, student, augmentation, MixUp, temperature and optimiser, one student per
+   evaluation seed (``config.evaluate.seeds``), under the protocol(s) of
+   ``config.evaluate.protocol``: ``same_steps`` (every row about the INFER set's steps; the
+   default), ``same_epochs`` (the paper's: every row the configured epochs over its own set)
+   or ``both`` (each row under each protocol; a row the protocol does not change is trained
+   once). The default rows:
 
    =====================  ==========================================================
    Random (hard labels)   ipc random real images per class, one-hot labels
@@ -24,6 +28,14 @@
    INFER+Dyn              the INFER set, labels from the teacher ensemble on every
                           augmented, mixed batch; epochs / (M + 1)
    =====================  ==========================================================
+
+   Further rows on request: ``infer_hard`` / ``infer_wo_ufc_hard`` / ``sre2l_hard`` (a set
+   with hard labels, for DD-Ranking's HLR), ``infer_uint8`` (the INFER set with uint8
+   compensators and float16 labels, about Random's bytes) and ``full_data`` (the whole real
+   training set, hard labels). Every row gets DD-Ranking's ``ior``, ``hlr`` and ``lrs``
+   (:func:`infer_jax.core.metrics.dd_ranking`; None where a needed row is absent), and,
+   with ``config.evaluate.curve_every > 0``, the rows of ``config.evaluate.curve_methods``
+   record their first seed's learning curve.
 
    The baseline sets are built by :mod:`infer_jax.baselines`. Every set is saved under
    ``DIR/synthetic`` and reused by a rerun.
@@ -44,8 +56,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from infer_jax import baselines, evaluate, recover, relabel, squeeze, student, synthetic
-from infer_jax.core import subsets
+from infer_jax import baselines, evaluate, recover, relabel, squeeze, synthetic
+from infer_jax.core import metrics, subsets
 from infer_jax.data import sources, types
 from infer_jax.runtime import atomic, checkpoint, config_lib, distributed, provenance
 from infer_jax.runtime.errors import InputError
@@ -120,21 +132,53 @@ def build_infer_set(
   return synthetic.save_on_primary(path, labelled)
 
 
-# key: (name in tables, set, label protocol). Table order: weakest protocol first.
+# key: (name in tables, set, label protocol). Table order: weakest protocol first. A set
+# named '<base>_hard' is the set <base> with its soft labels dropped.
 METHODS: dict[str, tuple[str, str, str]] = {
+  "full_data": ("Full data (hard labels)", "full_data", "hard"),
   "random_hard": ("Random (hard labels)", "random_hard", "hard"),
   "random": ("Random", "random", "static"),
+  "infer_wo_ufc_hard": ("INFER w/o UFC (hard labels)", "infer_wo_ufc_hard", "hard"),
   "infer_wo_ufc": ("INFER w/o UFC", "infer_wo_ufc", "static"),
+  "sre2l_hard": ("SRe2L-style (hard labels)", "sre2l_hard", "hard"),
   "sre2l": ("SRe2L-style", "sre2l", "static"),
+  "infer_hard": ("INFER (hard labels)", "infer_hard", "hard"),
   "infer": ("INFER", "infer", "static"),
+  "infer_uint8": ("INFER (uint8 u, float16 labels)", "infer_uint8", "static"),
   "infer_dyn": ("INFER+Dyn", "infer", "dynamic"),
 }
 
 
 # The order rows are computed in: the INFER rows and the cheap baselines first, the
-# SRe2L-style synthesis (a whole extra recover) last, so an interrupted comparison has the
-# most informative rows already.
-COMPUTE_ORDER = ("infer", "random", "random_hard", "infer_wo_ufc", "infer_dyn", "sre2l")
+# SRe2L-style synthesis (a whole extra recover) and the full-data student last, so an
+# interrupted comparison has the most informative rows already.
+COMPUTE_ORDER = (
+  "infer",
+  "random",
+  "random_hard",
+  "infer_wo_ufc",
+  "infer_dyn",
+  "infer_uint8",
+  "infer_hard",
+  "infer_wo_ufc_hard",
+  "sre2l",
+  "sre2l_hard",
+  "full_data",
+)
+# What a row copies from a student run it shares with another protocol's row.
+_RESULT_KEYS = (
+  "final_top1",
+  "final_top1_mean",
+  "final_top1_std",
+  "best_top1",
+  "best_top1_mean",
+  "epochs",
+  "steps",
+  "batch_size",
+  "seconds",
+  "images_per_second",
+  "curve",
+)
 
 
 def method_keys(config: ml_collections.ConfigDict) -> list[str]:
@@ -199,12 +243,16 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
   infer_set = build_infer_set(config, dataset, teachers, timings)
   cache: dict[str, synthetic.SyntheticSet] = {"infer": infer_set}
 
-  def get_set(name: str) -> synthetic.SyntheticSet:
+  def get_set(name: str) -> synthetic.SyntheticSet | evaluate.RealSet:
     if name not in cache:
-      if name == "random":
+      if name.endswith("_hard"):
+        cache[name] = baselines.without_soft_labels(get_set(name.removesuffix("_hard")))
+      elif name == "infer_uint8":
+        cache[name] = quantized_infer_set(infer_set)
+      elif name == "full_data":
+        cache[name] = evaluate.full_training_set(dataset)
+      elif name == "random":
         cache[name] = baselines.build_random_set(config, dataset, teachers)
-      elif name == "random_hard":
-        cache[name] = baselines.without_soft_labels(get_set("random"))
       elif name == "infer_wo_ufc":
         cache[name] = baselines.infer_without_compensators(infer_set)
       elif name == "sre2l":
@@ -212,10 +260,19 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return cache[name]
 
   scfg = evaluate.student_config(config, info)
-  # Every static/hard row trains for the steps of the INFER set at the configured epochs
-  # (docs/protocol.md: same number of optimisation steps); +Dyn for 1/(M+1) of them.
-  steps = scfg.epochs * student.steps_per_epoch(infer_set.num_instances, scfg.batch_size)
-  old_rows = {r["key"]: r for r in previous.get("rows", []) if "key" in r}
+  protocols = evaluate.protocols(config)
+  curve_every = int(config.evaluate.get("curve_every", 0))
+  curve_keys = {k.strip() for k in str(config.evaluate.get("curve_methods", "")).split(",")}
+  full_data_epochs = int(config.evaluate.get("full_data_epochs", 0))
+  if curve_every < 0 or full_data_epochs < 0:
+    raise InputError(
+      "config.evaluate.curve_every and full_data_epochs must be >= 0 (0 = off / the "
+      f"protocol's rule); got {curve_every} and {full_data_epochs}."
+    )
+  # Rows written before protocols were recorded are same_steps rows.
+  old_rows = {
+    (r["key"], metrics.row_protocol(r)): r for r in previous.get("rows", []) if "key" in r
+  }
   rows = []
   summary = {
     "dataset": info.to_dict(),
@@ -243,50 +300,94 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
     "command": provenance.command_line("infer_jax.distill"),
     "complete": False,
   }
-  by_key: dict[str, dict[str, Any]] = {}
-  for i, key in enumerate(sorted(keys, key=COMPUTE_ORDER.index)):
+  if config.evaluate.get("feature_similarity", False):
+    summary["feature_similarity"] = feature_similarity(
+      teachers,
+      info,
+      {
+        "real": get_set("random"),
+        "infer": infer_set,
+        **({"sre2l": get_set("sre2l")} if "sre2l" in keys else {}),
+      },
+    )
+  by_key: dict[tuple[str, str], dict[str, Any]] = {}
+  runs: dict[str, dict[str, Any]] = {}  # one student run's result, shared across protocols
+  plan = [(key, p) for key in sorted(keys, key=COMPUTE_ORDER.index) for p in protocols]
+  for i, (key, protocol) in enumerate(plan):
     name, set_name, labels = METHODS[key]
     s = get_set(set_name)
-    if labels == "dynamic":
-      epochs = evaluate.dynamic_epochs(scfg.epochs, m)
-    else:
-      epochs = evaluate.epochs_for_steps(steps, s.num_instances, scfg.batch_size)
+    epochs = evaluate.row_epochs(
+      protocol,
+      labels,
+      s.num_instances,
+      infer_set.num_instances,
+      scfg.epochs,
+      scfg.batch_size,
+      m,
+      fixed_epochs=full_data_epochs if key == "full_data" else 0,
+    )
     row_cfg = dataclasses.replace(scfg, epochs=epochs)
-    fingerprint = _json(
-      {
-        "set": s.metadata,
-        "labels": labels,
-        "student": dataclasses.asdict(row_cfg),
-        "seeds": eval_seeds,
-      }
-    )
-    old = old_rows.get(key)
-    if old is not None and old.get("fingerprint") == fingerprint:
-      print(f"[distill] {name}: kept from {summary_path} (same set, student and seeds)")
-      by_key[key] = old
+    row_curve = curve_every if key in curve_keys else 0
+    # What the student run depends on; the row's fingerprint adds its protocol.
+    run = {
+      "set": s.metadata,
+      "labels": labels,
+      "student": dataclasses.asdict(row_cfg),
+      "seeds": eval_seeds,
+      **({"curve_every": row_curve} if row_curve else {}),
+    }
+    run = _json(run)
+    run_id = json.dumps(run, sort_keys=True)
+    fingerprint = {**run, "protocol": protocol}
+    old = old_rows.get((key, protocol))
+    # A row written before protocols were recorded has the run as its fingerprint.
+    accepted = [fingerprint] + ([run] if old is not None and "protocol" not in old else [])
+    if old is not None and old.get("fingerprint") in accepted:
+      print(f"[distill] {name} ({protocol}): kept from {summary_path} (same set, student, seeds)")
+      by_key[key, protocol] = {**old, "protocol": protocol, "fingerprint": fingerprint}
+      runs.setdefault(run_id, old)
       continue
-    print(f"[distill] row {i + 1}/{len(keys)}: {name} ({labels} labels, {epochs} epochs)")
-    t = time.perf_counter()
-    result = evaluate.evaluate_set(
-      row_cfg, s, dataset, seeds=eval_seeds, labels=labels, teachers=teachers
-    )
-    timings[f"student: {name}"] = round(time.perf_counter() - t, 2)
-    by_key[key] = {
+    label = name if len(protocols) == 1 else f"{name} ({protocol})"
+    if run_id in runs:
+      # The protocol does not change this row's training (e.g. INFER, or +Dyn): one run.
+      print(f"[distill] {label}: the same student run as under the other protocol")
+      result = {k: runs[run_id].get(k) for k in _RESULT_KEYS}
+    else:
+      print(f"[distill] row {i + 1}/{len(plan)}: {label} ({labels} labels, {epochs} epochs)")
+      t = time.perf_counter()
+      result = evaluate.evaluate_set(
+        row_cfg,
+        s,
+        dataset,
+        seeds=eval_seeds,
+        labels=labels,
+        teachers=teachers,
+        curve_every=row_curve,
+      )
+      timings[f"student: {label}"] = round(time.perf_counter() - t, 2)
+      runs[run_id] = result
+    overrides = {"methods": key}
+    if len(protocols) > 1:
+      overrides["evaluate.protocol"] = protocol
+    by_key[key, protocol] = {
       "key": key,
       "method": name,
       "set": set_name,
       "labels": labels,
+      "protocol": protocol,
       "instances": s.num_instances,
       "bytes": evaluate.budget(s, info, teachers if labels == "dynamic" else None),
       **result,
       "fingerprint": fingerprint,
-      "command": provenance.command_line("infer_jax.distill", methods=key),
+      "command": provenance.command_line("infer_jax.distill", **overrides),
     }
-    rows[:] = [by_key[k] for k in keys if k in by_key]  # table order
+    rows[:] = [by_key[k, p] for k in keys for p in protocols if (k, p) in by_key]
+    metrics.dd_ranking(rows)
     summary["stage_seconds"] = {k: round(v, 2) for k, v in timings.items()}
     _write_summary(summary_path, summary)
 
-  rows[:] = [by_key[k] for k in keys]
+  rows[:] = [by_key[k, p] for k in keys for p in protocols]
+  metrics.dd_ranking(rows)
   timings["total (this run)"] = time.perf_counter() - t_start
   summary["stage_seconds"] = {k: round(v, 2) for k, v in timings.items()}
   summary["complete"] = True
@@ -294,6 +395,49 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
     _print_summary(summary)
   _write_summary(summary_path, summary)
   return summary
+
+
+def quantized_infer_set(s: synthetic.SyntheticSet) -> synthetic.SyntheticSet:
+  """The INFER set stored small: uint8 compensators (affine per compensator) and float16
+  labels, about the bytes of Random at the same ipc (docs/synthetic_format.md)."""
+  q = synthetic.cast(s, compensator_dtype="uint8", label_dtype="float16")
+  storage = {"compensators": "uint8", "labels": "float16"}
+  return dataclasses.replace(
+    q, metadata={**s.metadata, "method": "infer_uint8", "storage": storage}
+  )
+
+
+def feature_similarity(
+  teachers: list[checkpoint.Teacher],
+  info: types.DatasetInfo,
+  sets: dict[str, synthetic.SyntheticSet],
+  batch_size: int = 500,
+) -> dict[str, dict[str, Any]]:
+  """Feature duplication (the INFER paper's Figure 4a) of each set under each teacher.
+
+  For every teacher and set: the mean pairwise cosine similarity of the teacher's penultimate
+  features within each class (:func:`infer_jax.core.metrics.within_class_cosine`) over the
+  set's instances (e.g. 'real': Random's real images, 'infer': every INFER instance,
+  'sre2l': the SRe2L-style images).
+
+  Returns:
+    ``{teacher architecture: {set name: {'per_class': [C] (None for a class with fewer
+    than two instances), 'mean': mean over classes}}}``.
+  """
+  out: dict[str, dict[str, Any]] = {}
+  materialized = {name: synthetic.materialize(s) for name, s in sets.items()}
+  for t in teachers:
+    entry = {}
+    for name, (instances, _, hard) in materialized.items():
+      features = evaluate.teacher_features(t, instances, batch_size)
+      per_class = metrics.within_class_cosine(features, hard, info.num_classes)
+      entry[name] = {
+        "per_class": [None if np.isnan(v) else float(v) for v in per_class],
+        "mean": float(np.nanmean(per_class)),
+        "instances": int(len(instances)),
+      }
+    out[t.metadata["architecture"]] = entry
+  return out
 
 
 def _write_summary(path: str, summary: dict[str, Any]) -> None:
@@ -313,9 +457,11 @@ def _print_summary(summary: dict[str, Any]) -> None:
     f"  {'method':<22} {'labels':<8} {'top-1 % (final, mean ± std)':>28} {'stored bytes':>13} "
     f"{'ratio':>8}"
   )
+  several = len({metrics.row_protocol(r) for r in summary["rows"]}) > 1
   for r in summary["rows"]:
+    method = f"{r['method']} ({r['protocol']})" if several else r["method"]
     print(
-      f"  {r['method']:<22} {r['labels']:<8} {evaluate.format_top1(r):>28} "
+      f"  {method:<22} {r['labels']:<8} {evaluate.format_top1(r):>28} "
       f"{r['bytes']['total']:>13,} {r['bytes']['compression_ratio']:>8.4f}"
     )
   print(f"  seeds {summary['seeds']}; final-epoch top-1, sample std over seeds")

@@ -43,6 +43,98 @@ from infer_jax.runtime import atomic, checkpoint, config_lib, distributed, prove
 from infer_jax.runtime.errors import InputError
 
 LABELS = student.LABEL_MODES
+# How a comparison gives its rows their optimisation steps (docs/protocol.md).
+PROTOCOLS = ("same_steps", "same_epochs")
+
+
+@dataclasses.dataclass
+class RealSet:
+  """A set of real training images with hard labels: the full-data row of a comparison.
+
+  Attributes:
+    images: uint8 ``[N, H, W, ch]``.
+    labels: int ``[N]`` class indices.
+    info: the dataset's ``DatasetInfo`` (normalisation, image shape).
+  """
+
+  images: np.ndarray
+  labels: np.ndarray
+  info: types.DatasetInfo
+
+  @property
+  def num_instances(self) -> int:
+    """N, the images the student sees."""
+    return int(len(self.labels))
+
+  @property
+  def metadata(self) -> dict[str, Any]:
+    """What identifies the set (for a row's fingerprint)."""
+    return {"method": "full_data", "dataset": self.info.name, "num_train": self.num_instances}
+
+
+def full_training_set(dataset: types.Dataset) -> RealSet:
+  """Every training image of ``dataset`` with its class: uint8 ``[N, H, W, ch]``, ``[N]``."""
+  n = len(dataset.train.labels)
+  return RealSet(dataset.train.images(np.arange(n)), np.asarray(dataset.train.labels), dataset.info)
+
+
+def protocols(config: ml_collections.ConfigDict) -> list[str]:
+  """The protocols of ``config.evaluate.protocol``: 'same_steps', 'same_epochs', 'both' or a
+  comma-separated list of the first two, in :data:`PROTOCOLS` order.
+
+  Raises:
+    InputError: an unknown name.
+  """
+  text = str(config.evaluate.get("protocol", "same_steps"))
+  names = list(PROTOCOLS) if text == "both" else [p.strip() for p in text.split(",") if p.strip()]
+  if not names or any(p not in PROTOCOLS for p in names):
+    raise InputError(
+      f"config.evaluate.protocol must be same_steps, same_epochs, both, or a comma-separated "
+      f"list of {', '.join(PROTOCOLS)}; got {text!r}."
+    )
+  return [p for p in PROTOCOLS if p in names]
+
+
+def row_epochs(
+  protocol: str,
+  labels: str,
+  num_instances: int,
+  reference_instances: int,
+  epochs: int,
+  batch_size: int,
+  num_teachers: int,
+  *,
+  fixed_epochs: int = 0,
+) -> int:
+  """Epochs a row of a comparison trains (docs/protocol.md).
+
+  Args:
+    protocol: 'same_steps' (every row about the reference set's steps,
+      ``epochs * steps_per_epoch(reference_instances)``) or 'same_epochs' (``epochs`` over the
+      row's own set).
+    labels: the row's label protocol; 'dynamic' (INFER+Dyn) trains ``ceil(epochs / (M + 1))``
+      epochs over the reference (INFER) set under both protocols.
+    num_instances: size of the row's set.
+    reference_instances: size of the INFER set, ``K * (M + 1) * C``.
+    epochs: the configured student epochs.
+    batch_size: the student's batch size.
+    num_teachers: M.
+    fixed_epochs: > 0 overrides the rule (the full-data row's ``evaluate.full_data_epochs``).
+
+  Returns:
+    The row's epochs (>= 1); its steps are ``epochs * student.steps_per_epoch(num_instances,
+    batch_size)``.
+  """
+  if protocol not in PROTOCOLS:
+    raise InputError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}.")
+  if fixed_epochs > 0:
+    return int(fixed_epochs)
+  if labels == "dynamic":
+    return dynamic_epochs(epochs, num_teachers)
+  if protocol == "same_epochs":
+    return int(epochs)
+  steps = epochs * student.steps_per_epoch(reference_instances, batch_size)
+  return epochs_for_steps(steps, num_instances, batch_size)
 
 
 def student_config(config: ml_collections.ConfigDict, info: types.DatasetInfo):
@@ -94,18 +186,25 @@ def teacher_bytes(teachers: Sequence[checkpoint.Teacher]) -> int:
 
 
 def budget(
-  s: synthetic.SyntheticSet,
+  s: synthetic.SyntheticSet | RealSet,
   info: types.DatasetInfo,
   teachers: Sequence[checkpoint.Teacher] | None = None,
 ) -> dict[str, Any]:
   """Stored bytes of ``s`` split by kind, plus teachers when labels are dynamic, and the ratio.
+
+  A :class:`RealSet` counts its uint8 images only (hard labels are not stored bytes), so the
+  full training set has ratio 1.
 
   Returns:
     :func:`synthetic.storage_bytes` plus ``'teachers'`` (0 unless ``teachers`` are given,
     included in ``'total'``) and ``'compression_ratio'``: ``total`` over the bytes of the
     original training set as uint8 pixels (``num_train * H * W * C``, C = 3 or 1).
   """
-  out = dict(synthetic.storage_bytes(s))
+  if isinstance(s, RealSet):
+    n = int(s.images.nbytes)
+    out = {"images": n, "compensators": 0, "labels": 0, "total": n, "provenance": 0}
+  else:
+    out = dict(synthetic.storage_bytes(s))
   out["teachers"] = teacher_bytes(teachers) if teachers else 0
   out["total"] += out["teachers"]
   out["compression_ratio"] = subsets.compression_ratio(
@@ -143,6 +242,7 @@ def evaluate_set(
   labels: str = "static",
   teachers: Sequence[checkpoint.Teacher] | None = None,
   mesh=None,
+  curve_every: int = 0,
   log: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
   """Trains one student per seed on ``s`` and tests it on ``dataset.test``.
@@ -150,18 +250,22 @@ def evaluate_set(
   Args:
     scfg: student recipe (its ``seed`` is replaced by each of ``seeds``; its ``epochs`` are
       used as given: divide them by M + 1 for dynamic labels before calling).
-    s: the synthetic set (``K * (M + 1) * C`` instances, materialised as they are read).
+    s: the synthetic set (``K * (M + 1) * C`` instances, materialised as they are read), or a
+      :class:`RealSet` (hard labels only).
     dataset: the real dataset (test split and info).
     seeds: evaluation seeds, one student each.
     labels: 'static' (stored soft labels), 'dynamic' (``teachers`` label every batch) or 'hard'.
     teachers: the teacher ensemble, needed for 'dynamic'.
     mesh: device mesh (default all devices).
+    curve_every: > 0 records the first seed's learning curve, its test top-1 every this many
+      steps (``student.train_student``).
     log: progress printer.
 
   Returns:
     ``{'labels', 'seeds', 'final_top1' [S], 'final_top1_mean', 'final_top1_std',
     'best_top1' [S] or None, 'best_top1_mean' or None, 'epochs', 'steps', 'batch_size',
-    'seconds' [S], 'images_per_second' [S]}``; top-1 in [0, 1], std is the sample std.
+    'seconds' [S], 'images_per_second' [S], 'curve'}``; top-1 in [0, 1], std is the sample
+    std; ``curve`` ``[[step, top1], ...]`` of the first seed, or None.
 
   Raises:
     InputError: unknown label protocol, dynamic labels without teachers, static labels on a
@@ -171,25 +275,31 @@ def evaluate_set(
     raise InputError(f"labels must be one of {LABELS}, got {labels!r}.")
   if labels == "dynamic" and not teachers:
     raise InputError("dynamic labels need the teachers (the ensemble labels every batch).")
-  if labels == "static" and s.labels is None:
+  real = isinstance(s, RealSet)
+  if real and labels != "hard":
+    raise InputError("the full training set is evaluated with hard labels only.")
+  if not real and labels == "static" and s.labels is None:
     raise InputError(
       "this set has no soft labels; evaluate it with labels='hard' or 'dynamic', or relabel it."
     )
   label_fn = ensemble_label_fn(teachers) if labels == "dynamic" else None
+  if real:  # normalised once for all seeds (float32 [N, H, W, ch])
+    data = (synthetic.normalize_uint8(s.images, s.info.mean, s.info.std), None, s.labels)
+  else:
+    data = (s, None, None)
   results = []
   for i, seed in enumerate(seeds):
     log(f"[evaluate] {labels} labels, seed {seed} ({i + 1}/{len(seeds)})")
     t = time.perf_counter()
     r = student.train_student(
       dataclasses.replace(scfg, seed=int(seed)),
-      s,
-      None,
-      None,
+      *data,
       dataset.test,
       dataset.info,
       mesh=mesh,
       label_fn=label_fn,
       label_mode=labels,
+      curve_every=curve_every if i == 0 else 0,
       log=log,
     )
     r["seconds"] = time.perf_counter() - t
@@ -211,7 +321,34 @@ def evaluate_set(
     "batch_size": results[0]["batch_size"],
     "seconds": [round(r["seconds"], 2) for r in results],
     "images_per_second": [round(r["images_per_second"], 1) for r in results],
+    "curve": results[0]["curve"],
   }
+
+
+def teacher_features(
+  teacher: checkpoint.Teacher, instances: np.ndarray, batch_size: int = 500
+) -> np.ndarray:
+  """A teacher's penultimate features (the pooled input of its classifier, inference mode).
+
+  Args:
+    teacher: the teacher.
+    instances: float32 ``[N, H, W, ch]`` in the dataset's normalised space.
+    batch_size: images per forward pass.
+
+  Returns:
+    float32 ``[N, D]``.
+  """
+
+  @jax.jit
+  def forward(variables, x):
+    _, state = teacher.model.apply(variables, x, train=False, mutable=["intermediates"])
+    return state["intermediates"]["pre_logits"][0].astype(jnp.float32)
+
+  out = [
+    np.asarray(forward(teacher.variables, jnp.asarray(instances[i : i + batch_size])))
+    for i in range(0, len(instances), batch_size)
+  ]
+  return np.concatenate(out).reshape(len(instances), -1)
 
 
 def set_teachers(

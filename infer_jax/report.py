@@ -7,10 +7,15 @@ accuracy, student, seeds, steps), the comparison table (final-epoch top-1 mean �
 the best epoch labelled as test-selected where it was tracked, stored bytes split into images
 / compensators / labels / teachers, compression ratio, student wall time), the wall time of
 each stage, the exact command that reruns each row, and plain statements of where INFER
-beats each baseline and where it does not. Figures (PNG, beside the report under
-``figures/``): top-1 against compression ratio for all settings (the paper's Figure 1), and,
-when a setting's INFER set is still in its workdir, a grid of compensators and compensated
-instances (the paper's Figures 6-7).
+beats each baseline and where it does not. A summary whose rows were trained under both
+protocols (``same_steps`` and ``same_epochs``, docs/protocol.md) gets a side-by-side table and
+one full table per protocol; rows written before protocols were recorded are ``same_steps``
+rows. Every row shows DD-Ranking's IOR, HLR and LRS (computed here when an older summary lacks
+them). Figures (PNG, beside the report under ``figures/``): top-1 against compression ratio
+for all settings (the paper's Figure 1); learning curves of the rows that recorded one; the
+within-class feature similarity of real, INFER and SRe2L-style instances (the paper's Figure
+4a) where the summary holds it; and, when a setting's INFER set is still in its workdir, a
+grid of compensators and compensated instances (the paper's Figures 6-7).
 
 Everything in the report is generated from the JSON files: rerun this command after any
 row changes; never edit the output by hand.
@@ -29,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from infer_jax import synthetic
+from infer_jax.core import metrics
 from infer_jax.runtime import atomic, config_lib
 from infer_jax.runtime.errors import InputError, guarded
 
@@ -82,6 +88,10 @@ def load_results(paths: Sequence[str]) -> list[dict[str, Any]]:
         "written by python -m infer_jax.distill."
       )
     _check_rows(path, summary["rows"])
+    for row in summary["rows"]:
+      row.setdefault("protocol", metrics.row_protocol(row))
+    if any(k not in row for row in summary["rows"] for k in ("ior", "hlr", "lrs")):
+      metrics.dd_ranking(summary["rows"])
     summary["_path"] = path
     out.append(summary)
   return out
@@ -117,6 +127,24 @@ def near_chance(row: dict[str, Any], summary: dict[str, Any]) -> bool:
   """Whether a row's mean top-1 is below twice chance: the student has learnt next to
   nothing, so its differences from other such rows rank nothing."""
   return row["final_top1_mean"] < 2 * chance(summary)
+
+
+def protocol_groups(summary: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
+  """``[(protocol, rows)]`` of a summary, in the order of the protocols' first rows."""
+  groups: dict[str, list[dict[str, Any]]] = {}
+  for r in summary["rows"]:
+    groups.setdefault(metrics.row_protocol(r), []).append(r)
+  return list(groups.items())
+
+
+_PROTOCOL_TITLES = {
+  "same_steps": "same_steps (compute-matched: every row about the INFER set's steps)",
+  "same_epochs": "same_epochs (the paper's: every row the same epochs over its own set)",
+}
+
+
+def _signed(x: float | None) -> str:
+  return "–" if x is None else f"{100 * x:+.2f}"
 
 
 def comparisons(summary: dict[str, Any]) -> list[str]:
@@ -177,8 +205,56 @@ def _reductions(summary: dict[str, Any]) -> list[str]:
   ]
 
 
-def setting_markdown(summary: dict[str, Any], figures: dict[str, str]) -> str:
-  """The Markdown section of one setting (one results file)."""
+def _comparison_table(summary: dict[str, Any]) -> list[str]:
+  """The comparison table of one protocol's rows (``summary['rows']``)."""
+  out = [
+    "| method | labels | top-1 % (final epoch, mean ± std) | best epoch % (test-selected) "
+    "| IOR | HLR | LRS | instances | images B | compensators B | labels B | teachers B "
+    "| total B | ratio | epochs | steps | student time (per seed) |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for r in summary["rows"]:
+    b = r["bytes"]
+    best = "–" if r.get("best_top1_mean") is None else _pct(r["best_top1_mean"])
+    per_seed = ", ".join(_seconds(x) for x in r["seconds"])
+    out.append(
+      f"| {r['method']} | {r['labels']} | {_top1(r)} | {best} | {_signed(r.get('ior'))} "
+      f"| {_signed(r.get('hlr'))} | {_pct(r.get('lrs'))} | {r['instances']:,} "
+      f"| {b['images']:,} | {b['compensators']:,} | {b['labels']:,} | {b.get('teachers', 0):,} "
+      f"| {b['total']:,} | {b['compression_ratio']:.5f} | {r.get('epochs', '–')} "
+      f"| {r['steps']:,} | {per_seed} |"
+    )
+  return out
+
+
+def _side_by_side(groups: list[tuple[str, list[dict[str, Any]]]]) -> list[str]:
+  """One line per method: its top-1 and epochs × steps under each protocol."""
+  names = [p for p, _ in groups]
+  out = [
+    "| method | labels | "
+    + " | ".join(f"{p}: top-1 % | {p}: epochs × steps" for p in names)
+    + " |",
+    "|---|---|" + "---|---|" * len(names),
+  ]
+  keys: list[str] = []
+  for _, rows in groups:
+    keys += [r["key"] for r in rows if r["key"] not in keys]
+  by = {(metrics.row_protocol(r), r["key"]): r for _, rows in groups for r in rows}
+  for key in keys:
+    first = next(by[p, key] for p in names if (p, key) in by)
+    cells = []
+    for p in names:
+      r = by.get((p, key))
+      cells += ["–", "–"] if r is None else [_top1(r), f"{r.get('epochs', '–')} × {r['steps']:,}"]
+    out.append(f"| {first['method']} | {first['labels']} | " + " | ".join(cells) + " |")
+  return out
+
+
+def setting_markdown(
+  summary: dict[str, Any], figures: dict[str, str], extra: dict[str, list[str]] | None = None
+) -> str:
+  """The Markdown section of one setting (one results file); ``figures`` maps setting titles
+  to the compensator grid, ``extra`` to further figure lines (curves, feature similarity)."""
   d = summary["dataset"]
   out = [f"## {title(summary)}", ""]
   out.append(
@@ -200,24 +276,23 @@ def setting_markdown(summary: dict[str, Any], figures: dict[str, str]) -> str:
       f"| {t['architecture']} | {t.get('width')} | {t.get('epochs') or '–'} "
       f"| {'–' if seconds is None else _seconds(seconds)} | {_pct(t['test_top1'])} |"
     )
+  groups = protocol_groups(summary)
+  if len(groups) > 1:
+    out += ["", "Both protocols side by side (docs/protocol.md):", ""]
+    out += _side_by_side(groups)
+  for protocol, rows in groups:
+    part = {**summary, "rows": rows}
+    out += ["", f"Protocol **{_PROTOCOL_TITLES.get(protocol, protocol)}**:", ""]
+    out += _comparison_table(part)
+    out += ["", f"Where INFER wins and where it does not ({protocol}):", ""]
+    out += [f"- {line}" for line in comparisons(part)] or ["- (no INFER row)"]
   out += [
     "",
-    "| method | labels | top-1 % (final epoch, mean ± std) | best epoch % (test-selected) "
-    "| instances | images B | compensators B | labels B | teachers B | total B | ratio "
-    "| steps | student time (per seed) |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "IOR: top-1 minus Random's (hard-label rows: Random with hard labels) under the same "
+    "protocol; HLR: the full-data hard-label top-1 minus the set's own hard-label top-1; LRS: "
+    "DD-Ranking's label-robust score from them (docs/protocol.md); points, '–' where a needed "
+    "row is absent.",
   ]
-  for r in summary["rows"]:
-    b = r["bytes"]
-    best = "–" if r.get("best_top1_mean") is None else _pct(r["best_top1_mean"])
-    per_seed = ", ".join(_seconds(x) for x in r["seconds"])
-    out.append(
-      f"| {r['method']} | {r['labels']} | {_top1(r)} | {best} | {r['instances']:,} "
-      f"| {b['images']:,} | {b['compensators']:,} | {b['labels']:,} | {b.get('teachers', 0):,} "
-      f"| {b['total']:,} | {b['compression_ratio']:.5f} | {r['steps']:,} | {per_seed} |"
-    )
-  out += ["", "Where INFER wins and where it does not:", ""]
-  out += [f"- {line}" for line in comparisons(summary)] or ["- (no INFER row)"]
   out += [
     "",
     "Stage wall time: "
@@ -231,9 +306,73 @@ def setting_markdown(summary: dict[str, Any], figures: dict[str, str]) -> str:
   out.append(summary["command"])
   out += [r["command"] for r in summary["rows"]]
   out.append("```")
+  for line in (extra or {}).get(title(summary), []):
+    out += ["", line]
   if title(summary) in figures:
     out += ["", f"![compensators and compensated instances]({figures[title(summary)]})"]
   return "\n".join(out)
+
+
+def plot_curves(summary: dict[str, Any], path: str) -> bool:
+  """Learning curves (test top-1 against optimisation steps, first seed) of the rows that
+  recorded one; solid same_steps, dashed same_epochs. Returns False (nothing written) when no
+  row has a curve."""
+  rows = [r for r in summary["rows"] if r.get("curve")]
+  if not rows:
+    return False
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6, 3.8))
+  colours: dict[str, Any] = {}
+  for r in rows:
+    steps, top1 = zip(*r["curve"], strict=True)
+    protocol = metrics.row_protocol(r)
+    line = ax.plot(
+      steps,
+      [100 * t for t in top1],
+      linestyle="--" if protocol == "same_epochs" else "-",
+      marker=".",
+      color=colours.get(r["key"]),
+      label=f"{r['method']} ({protocol}, seed {r['seeds'][0]})",
+    )[0]
+    colours.setdefault(r["key"], line.get_color())
+  ax.axhline(100 * chance(summary), color="grey", linestyle=":", linewidth=1)
+  ax.set_xlabel("optimisation steps")
+  ax.set_ylabel("test top-1 %")
+  ax.set_title(f"{title(summary)}: learning curves", fontsize=10)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, loc="best")
+  fig.tight_layout()
+  _save_figure(fig, path)
+  plt.close(fig)
+  return True
+
+
+def plot_feature_similarity(summary: dict[str, Any], path: str) -> bool:
+  """Bars: mean within-class cosine similarity of each teacher's penultimate features, per
+  set kind (real, INFER, SRe2L-style; the paper's Figure 4a). Returns False (nothing written)
+  when the summary holds none."""
+  data = summary.get("feature_similarity")
+  if not data:
+    return False
+  plt = _pyplot()
+  teachers = list(data)
+  kinds = [k for k in ("real", "infer", "sre2l") if any(k in data[t] for t in teachers)]
+  names = {"real": "real images", "infer": "INFER instances", "sre2l": "SRe2L-style"}
+  fig, ax = plt.subplots(figsize=(1.2 + 1.6 * len(teachers), 3.6))
+  width = 0.8 / max(1, len(kinds))
+  for j, kind in enumerate(kinds):
+    values = [data[t].get(kind, {}).get("mean", np.nan) for t in teachers]
+    ax.bar(np.arange(len(teachers)) + j * width, values, width, label=names.get(kind, kind))
+  ax.set_xticks(np.arange(len(teachers)) + width * (len(kinds) - 1) / 2)
+  ax.set_xticklabels(teachers, fontsize=7, rotation=15)
+  ax.set_ylabel("mean within-class cosine similarity")
+  ax.set_title(f"{title(summary)}: feature duplication", fontsize=10)
+  ax.grid(alpha=0.3, axis="y")
+  ax.legend(fontsize=7, loc="best")
+  fig.tight_layout()
+  _save_figure(fig, path)
+  plt.close(fig)
+  return True
 
 
 def plot_accuracy_vs_ratio(results: list[dict[str, Any]], path: str) -> None:
@@ -248,7 +387,10 @@ def plot_accuracy_vs_ratio(results: list[dict[str, Any]], path: str) -> None:
     )
   )
   for ax, summary in zip(axes[0], results, strict=True):
+    several = len(protocol_groups(summary)) > 1
     for r in summary["rows"]:
+      protocol = metrics.row_protocol(r)
+      hollow = several and protocol == "same_epochs"
       ax.errorbar(
         r["bytes"]["compression_ratio"],
         100 * r["final_top1_mean"],
@@ -257,7 +399,8 @@ def plot_accuracy_vs_ratio(results: list[dict[str, Any]], path: str) -> None:
         markersize=8 if r["key"].startswith("infer") else 6,
         capsize=3,
         linestyle="none",
-        label=r["method"],
+        markerfacecolor="none" if hollow else None,
+        label=f"{r['method']} ({protocol})" if several else r["method"],
       )
     ax.set_xscale("log")
     # Minor-tick labels of a narrow log range overprint one another; keep the major ones.
@@ -311,7 +454,7 @@ def plot_compensators(s: synthetic.SyntheticSet, path: str, *, subset: int = 0, 
     if m == 0:
       ax.text(0.5, 0.5, "real\nx", ha="center", va="center", fontsize=8)
     else:
-      u = np.asarray(s.compensators[k, m - 1], np.float32)
+      u = synthetic.compensator_values(s, np.array([k]), np.array([m - 1]))[0]
       u = u[..., 0] if grey else u
       ax.imshow((u - u.min()) / max(float(u.max() - u.min()), 1e-12), **gray)
       ax.set_title(f"u: {teachers[m - 1]}", fontsize=6)
@@ -376,6 +519,21 @@ def write_report(
   plot_accuracy_vs_ratio(results, accuracy_png)
   written.append(accuracy_png)
   grids = {}
+  extra: dict[str, list[str]] = {}
+  out_dir = os.path.dirname(os.path.abspath(out))
+  for summary in results:
+    curves_png = os.path.join(fig_dir, f"curves_{_slug(title(summary))}.png")
+    if plot_curves(summary, curves_png):
+      written.append(curves_png)
+      extra.setdefault(title(summary), []).append(
+        f"![learning curves]({os.path.relpath(curves_png, out_dir)})"
+      )
+    similarity_png = os.path.join(fig_dir, f"feature_similarity_{_slug(title(summary))}.png")
+    if plot_feature_similarity(summary, similarity_png):
+      written.append(similarity_png)
+      extra.setdefault(title(summary), []).append(
+        f"![within-class feature similarity]({os.path.relpath(similarity_png, out_dir)})"
+      )
   for summary in results:
     path = (sets or {}).get(title(summary))
     if path is None:
@@ -388,7 +546,6 @@ def write_report(
       written.append(png)
   hardware = {tuple(sorted((k, str(v)) for k, v in r["hardware"].items())) for r in results}
   command = command or shlex.join(["python", "-m", "infer_jax.report", *sys.argv[1:]])
-  out_dir = os.path.dirname(os.path.abspath(out))
   md = [
     "# Results",
     "",
@@ -396,8 +553,10 @@ def write_report(
     "hand, rerun it. Protocol: docs/protocol.md, in short: "
     "final-epoch top-1 on the real test set, mean ± sample standard deviation over the "
     "evaluation seeds, every method with the same teachers, student, augmentation, MixUp, "
-    "temperature, optimiser and number of optimisation steps (INFER+Dyn: 1/(M+1) of the "
-    "epochs, labels from the teachers online, whose weights then count in its bytes). "
+    "temperature and optimiser, under the protocol each table names: same_steps (the same "
+    "number of optimisation steps) or same_epochs (the same epochs over each set) "
+    "(INFER+Dyn: 1/(M+1) of the epochs, labels from the teachers online, whose weights then "
+    "count in its bytes). "
     "A best-epoch figure, where shown, is selected on the test set and is for comparison "
     "with papers only.",
     "",
@@ -410,7 +569,7 @@ def write_report(
     f"![top-1 against compression ratio]({os.path.relpath(accuracy_png, out_dir)})",
     "",
   ]
-  md += [setting_markdown(r, grids) + "\n" for r in results]
+  md += [setting_markdown(r, grids, extra) + "\n" for r in results]
   text = "\n".join(md)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   atomic.write_text(out, text)

@@ -453,6 +453,7 @@ def train_student(
   label_mode: str | None = None,
   eval_batch_size: int = 500,
   worker_count: int = 0,
+  curve_every: int = 0,
   log: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
   """Trains ``cfg.arch`` from scratch on a synthetic set and evaluates it on the real test set.
@@ -479,13 +480,17 @@ def train_student(
     eval_batch_size: test batch size (rounded up to a multiple of the device count; the last
       batch is padded and masked).
     worker_count: grain worker processes preparing batches (0: a background thread).
+    curve_every: > 0 also tests the student every this many optimisation steps (a learning
+      curve, to judge convergence; nothing is selected from it). 0: only at the end.
     log: where progress lines go.
 
   Returns:
     ``{'final_top1', 'best_top1', 'best_epoch', 'epochs', 'steps', 'steps_per_epoch',
     'batch_size', 'label_mode', 'train_seconds', 'images_per_second', 'final_loss', 'history',
-    'params'}``: top-1 in [0, 1]; ``best_*`` None unless ``cfg.eval_every_epochs > 0`` (then
-    selected on the test set: for comparison only); ``history`` a list of ``{'epoch', 'top1'}``;
+    'params', 'curve'}``: top-1 in [0, 1]; ``curve`` ``[[step, top1], ...]`` every
+    ``curve_every`` steps and at the last step (None when ``curve_every`` is 0);
+    ``best_*`` None unless ``cfg.eval_every_epochs > 0`` (then selected on the test set: for
+    comparison only); ``history`` a list of ``{'epoch', 'top1'}``;
     ``train_seconds`` the wall time of training (compilation included, evaluation excluded);
     ``images_per_second`` the steady rate after the first (compiling) step.
 
@@ -559,19 +564,26 @@ def train_student(
   )
   serialize_steps = train.one_step_in_flight(mesh)
   history: list[dict[str, Any]] = []
+  curve: list[list[float]] = []
+  curve_seconds = 0.0  # test time inside the training segments, taken out of train_seconds
   train_seconds = 0.0
   epoch_losses: list[jax.Array] = []
   last_loss = float("nan")
   progress = progress_lib.Progress(tag, log)
   for epoch in range(1, cfg.epochs + 1):
     segment_start = time.perf_counter()
-    for _ in range(epoch_steps):
+    for i in range(epoch_steps):
       state, metrics = step_fn(state, next(batches), key, label_variables)
       epoch_losses.append(metrics["loss"])
       if serialize_steps:
         jax.block_until_ready(state)
       progress.count(batch_size)
       progress.first_step_done(state)
+      done = (epoch - 1) * epoch_steps + i + 1
+      if curve_every and done % curve_every == 0 and done < total_steps:
+        t_curve = time.perf_counter()
+        curve.append([done, test_top1()])
+        curve_seconds += time.perf_counter() - t_curve
     evaluate_now = epoch == cfg.epochs or (
       cfg.eval_every_epochs and epoch % cfg.eval_every_epochs == 0
     )
@@ -580,7 +592,8 @@ def train_student(
       # One transfer for the losses of every step since the last line (blocks on them).
       last_loss = float(np.mean(jax.device_get(epoch_losses)))
       epoch_losses = []
-    train_seconds += time.perf_counter() - segment_start
+    train_seconds += time.perf_counter() - segment_start - curve_seconds
+    curve_seconds = 0.0
     if log_now:
       now = time.perf_counter()
       line = (
@@ -601,6 +614,8 @@ def train_student(
 
   batches.close()
   final_top1 = history[-1]["top1"]
+  if curve_every:
+    curve.append([total_steps, final_top1])
   best_top1 = best_epoch = None
   if cfg.eval_every_epochs:
     best = max(history, key=lambda h: h["top1"])
@@ -633,6 +648,7 @@ def train_student(
     "final_loss": last_loss,
     "history": history,
     "params": num_params,
+    "curve": curve if curve_every else None,
   }
 
 

@@ -41,17 +41,27 @@ import numpy as np
 from infer_jax.runtime import atomic, checkpoint, distributed
 from infer_jax.runtime.errors import InputError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: uint8 compensators (+ scale, offset); a float set is written as 1
 # Dtypes a compensator or label array may have; the names are what files and configs use.
 FLOAT_DTYPES: dict[str, np.dtype] = {
   "float32": np.dtype(np.float32),
   "float16": np.dtype(np.float16),
   "bfloat16": np.dtype(ml_dtypes.bfloat16),
 }
+# Compensators may also be stored quantised: uint8 codes with one affine (scale, offset) pair
+# per compensator, float32 (``quantize_compensators``).
+COMPENSATOR_DTYPES = (*FLOAT_DTYPES, "uint8")
 # Metadata keys every set must carry: they are needed to interpret its arrays.
 REQUIRED_METADATA = ("num_classes", "image_shape", "mean", "std", "K", "M")
 # Archive members: arrays of the set, the set's metadata and the format header.
-_ARRAYS = ("images", "source_indices", "compensators", "labels")
+_ARRAYS = (
+  "images",
+  "source_indices",
+  "compensators",
+  "labels",
+  "compensator_scale",
+  "compensator_offset",
+)
 _METADATA_MEMBER = "metadata"
 _HEADER_MEMBER = "format"
 # Rows materialised at once by the chunked paths (bounds the float32 temporaries).
@@ -71,7 +81,7 @@ class SyntheticSet:
     source_indices: int64 ``[K, C]``; index of ``images[k, c]`` in the source training set,
       -1 where the image was synthesised (e.g. SRe2L-style images).
     compensators: ``[K, M, H, W, ch]`` in the dataset's normalised space (float32, float16 or
-      bfloat16); None when M == 0.
+      bfloat16), or uint8 codes of them (see ``compensator_scale``); None when M == 0.
     labels: static soft labels (the teachers' mean logits) ``[K, M + 1, C, num_classes]``
       (float32, float16 or bfloat16): ``labels[k, 0, c]`` labels the real image,
       ``labels[k, m + 1, c]`` labels ``clip(images[k, c] + u_{k, m})``. None = hard labels
@@ -81,6 +91,10 @@ class SyntheticSet:
       ``ch`` floats each, for images scaled to [0, 1]), ``K``,
       ``M``. Conventional: ``method`` ('infer' | 'infer_wo_ufc' | 'random' | 'sre2l' | ...),
       ``dataset``, ``ipc``, ``teachers`` and ``teacher_accuracies``, ``config``, ``seed``.
+
+    compensator_scale, compensator_offset: float32 ``[K, M]``, only with uint8 compensators:
+      compensator (k, m) is ``codes[k, m] * scale[k, m] + offset[k, m]``
+      (:func:`quantize_compensators`); None otherwise.
 
   Arrays are converted to numpy on construction (so jax arrays are accepted); nothing is
   checked until :meth:`validate`, which :func:`save`, :func:`load` and :func:`materialize`
@@ -92,15 +106,21 @@ class SyntheticSet:
   compensators: np.ndarray | None
   labels: np.ndarray | None
   metadata: dict
+  compensator_scale: np.ndarray | None = None
+  compensator_offset: np.ndarray | None = None
 
   def __post_init__(self):
     # np.asarray keeps the dtype (a jax bfloat16 array becomes an ml_dtypes one).
     self.images = np.asarray(self.images)
     self.source_indices = np.asarray(self.source_indices)
-    if self.compensators is not None:
-      self.compensators = np.asarray(self.compensators)
-    if self.labels is not None:
-      self.labels = np.asarray(self.labels)
+    for name in ("compensators", "labels", "compensator_scale", "compensator_offset"):
+      if getattr(self, name) is not None:
+        setattr(self, name, np.asarray(getattr(self, name)))
+
+  @property
+  def quantized(self) -> bool:
+    """Whether the compensators are stored as uint8 codes with a scale and offset each."""
+    return self.compensators is not None and self.compensators.dtype == np.uint8
 
   @property
   def K(self) -> int:  # The paper's names: K subsets, C classes, M teachers.
@@ -193,8 +213,33 @@ class SyntheticSet:
           f"compensators is given ({list(self.compensators.shape)}) but metadata M is 0; "
           "set M to the number of compensators per subset, or compensators to None."
         )
+    elif self.quantized:
+      if self.compensators.shape != (k, m, h, w, ch):
+        raise InputError(
+          f"compensators has shape {list(self.compensators.shape)}; metadata needs "
+          f"[K, M, H, W, channels] = {[k, m, h, w, ch]}. Fix the array or the metadata."
+        )
+      for name in ("compensator_scale", "compensator_offset"):
+        a = getattr(self, name)
+        if a is None or a.dtype != np.float32 or a.shape != (k, m):
+          got = "None" if a is None else f"{a.dtype} {list(a.shape)}"
+          raise InputError(
+            f"uint8 compensators need {name} as float32 [K, M] = {[k, m]}, got {got}; "
+            "build them with synthetic.quantize_compensators (or synthetic.cast)."
+          )
+        if not np.isfinite(a).all():
+          raise InputError(f"{name} holds NaN or infinite values; regenerate the set.")
+      if (self.compensator_scale < 0).any():
+        raise InputError("compensator_scale holds negative values; regenerate the set.")
     else:
       _check_float("compensators", self.compensators, (k, m, h, w, ch), "[K, M, H, W, channels]")
+    if not self.quantized and (
+      self.compensator_scale is not None or self.compensator_offset is not None
+    ):
+      raise InputError(
+        "compensator_scale / compensator_offset are given but the compensators are not uint8 "
+        "codes; drop them (set them to None) or quantise with synthetic.cast."
+      )
     if self.labels is not None:
       _check_float(
         "labels", self.labels, (k, m + 1, num_classes, num_classes), "[K, M + 1, C, num_classes]"
@@ -257,18 +302,85 @@ def cast(
 
   Args:
     s: the set.
-    compensator_dtype: 'float32' | 'float16' | 'bfloat16', or None to keep.
+    compensator_dtype: 'float32' | 'float16' | 'bfloat16' | 'uint8' (affine per compensator,
+      :func:`quantize_compensators`), or None to keep.
     label_dtype: 'float32' | 'float16' | 'bfloat16', or None to keep.
 
   Returns:
-    A new set (arrays not cast are shared with ``s``). Narrowing rounds to nearest even.
+    A new set (arrays not cast are shared with ``s``). Narrowing rounds to nearest even;
+    uint8 codes are dequantised first when cast back to a float dtype.
   """
   compensators, labels = s.compensators, s.labels
+  scale, offset = s.compensator_scale, s.compensator_offset
   if compensator_dtype is not None and compensators is not None:
-    compensators = compensators.astype(dtype_from_name(compensator_dtype))
+    if compensator_dtype not in COMPENSATOR_DTYPES:
+      raise InputError(
+        f"Unknown compensator dtype {compensator_dtype!r}; use one of "
+        f"{list(COMPENSATOR_DTYPES)} (config key synthetic.compensator_dtype)."
+      )
+    if compensator_dtype == "uint8":
+      if not s.quantized:
+        compensators, scale, offset = quantize_compensators(compensators)
+    else:
+      if s.quantized:
+        compensators = dequantize_compensators(compensators, scale, offset)
+        scale = offset = None
+      compensators = compensators.astype(dtype_from_name(compensator_dtype))
   if label_dtype is not None and labels is not None:
     labels = labels.astype(dtype_from_name(label_dtype))
-  return dataclasses.replace(s, compensators=compensators, labels=labels)
+  return dataclasses.replace(
+    s,
+    compensators=compensators,
+    labels=labels,
+    compensator_scale=scale,
+    compensator_offset=offset,
+  )
+
+
+def quantize_compensators(u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Affine uint8 quantisation, one (scale, offset) pair per compensator.
+
+  For compensator ``u[k, m]`` (``[H, W, ch]``): ``offset = min(u[k, m])``,
+  ``scale = (max - min) / 255`` and ``codes = rint((u - offset) / scale)`` in [0, 255]
+  (all zeros when the compensator is constant, scale 0). :func:`dequantize_compensators`
+  gives ``codes * scale + offset``, within ``scale / 2`` of ``u`` per element (up to float32
+  rounding). A compensator stored this way weighs one uint8 image plus 8 bytes, the unit the
+  paper's budget counts it in.
+
+  Args:
+    u: float ``[K, M, H, W, ch]`` compensators.
+
+  Returns:
+    ``(codes uint8 [K, M, H, W, ch], scale float32 [K, M], offset float32 [K, M])``.
+  """
+  u = np.asarray(u).astype(np.float32)
+  flat = u.reshape(*u.shape[:2], -1)
+  lo = flat.min(axis=-1)
+  scale = ((flat.max(axis=-1) - lo) / np.float32(255.0)).astype(np.float32)
+  # A constant compensator has scale 0: every code 0, dequantised exactly to its offset.
+  safe = np.where(scale > 0, scale, np.float32(1.0))
+  codes = np.rint((flat - lo[..., None]) / safe[..., None])
+  codes = np.clip(codes, 0, 255).astype(np.uint8).reshape(u.shape)
+  return codes, scale, lo.astype(np.float32)
+
+
+def dequantize_compensators(codes: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
+  """float32 ``codes * scale + offset``: uint8 ``[R, ..., H, W, ch]`` with ``scale`` and
+  ``offset`` ``[R, ...]`` (the leading axes of ``codes``) -> float32 like ``codes``."""
+  scale = np.asarray(scale, np.float32)
+  offset = np.asarray(offset, np.float32)
+  expand = (...,) + (None,) * (codes.ndim - scale.ndim)
+  return codes.astype(np.float32) * scale[expand] + offset[expand]
+
+
+def compensator_values(s: SyntheticSet, k: np.ndarray, m: np.ndarray) -> np.ndarray:
+  """float32 ``[R, H, W, ch]``: the compensators ``u_{k[r], m[r]}`` (m counts teachers from
+  0), dequantised when stored as uint8."""
+  if s.quantized:
+    return dequantize_compensators(
+      s.compensators[k, m], s.compensator_scale[k, m], s.compensator_offset[k, m]
+    )
+  return s.compensators[k, m].astype(np.float32)
 
 
 def dtype_from_name(name: str | np.dtype) -> np.dtype:
@@ -325,7 +437,7 @@ def _fill(s: SyntheticSet, rows: np.ndarray, out: np.ndarray) -> None:
   out[...] = normalize_uint8(s.images[k, c], mean, std)
   compensated = np.flatnonzero(m > 0)
   if compensated.size:
-    u = s.compensators[k[compensated], m[compensated] - 1].astype(np.float32)
+    u = compensator_values(s, k[compensated], m[compensated] - 1)
     out[compensated] = np.clip(out[compensated] + u, lo, hi)
 
 
@@ -399,7 +511,8 @@ def storage_bytes(s: SyntheticSet) -> dict[str, int]:
   """Exact bytes of what is stored, split by kind.
 
   Returns:
-    ``{'images': K*C*H*W*ch, 'compensators': K*M*H*W*ch*itemsize (0 when M == 0),
+    ``{'images': K*C*H*W*ch, 'compensators': K*M*H*W*ch*itemsize (0 when M == 0; uint8
+    codes add their float32 scale and offset, 8*K*M bytes),
     'labels': K*(M+1)*C*num_classes*itemsize (0 for hard labels), 'total': the sum of those
     three, 'provenance': source_indices bytes}``. ``provenance`` (which training images were
     picked) is reported but not part of ``total``: a student never reads it. File-format
@@ -408,6 +521,8 @@ def storage_bytes(s: SyntheticSet) -> dict[str, int]:
   """
   images = int(s.images.nbytes)
   compensators = 0 if s.compensators is None else int(s.compensators.nbytes)
+  if s.quantized:
+    compensators += int(s.compensator_scale.nbytes + s.compensator_offset.nbytes)
   labels = 0 if s.labels is None else int(s.labels.nbytes)
   return {
     "images": images,
@@ -459,7 +574,8 @@ def save(path: str, s: SyntheticSet) -> None:
   }
   header = {
     "format": "infer_jax.synthetic",
-    "format_version": FORMAT_VERSION,
+    # A float set keeps version 1, so readers that predate uint8 compensators still read it.
+    "format_version": FORMAT_VERSION if s.quantized else 1,
     "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     "instance_order": "n = (k * (M + 1) + m) * C + c",
     "arrays": specs,
@@ -559,7 +675,13 @@ def load(path: str, *, expected: Mapping[str, Any] | None = None) -> SyntheticSe
     if _sha256(stored) != spec.get("sha256"):
       raise _corrupt(path, f"the sha256 checksum of {name!r} does not match its header")
     dtype_name = spec.get("dtype")
-    allowed = {"images": ("uint8",), "source_indices": ("int64",)}.get(name, FLOAT_DTYPES)
+    allowed = {
+      "images": ("uint8",),
+      "source_indices": ("int64",),
+      "compensators": COMPENSATOR_DTYPES,
+      "compensator_scale": ("float32",),
+      "compensator_offset": ("float32",),
+    }.get(name, FLOAT_DTYPES)
     if dtype_name not in allowed:
       raise _corrupt(path, f"{name!r} has dtype {dtype_name!r}, allowed: {list(allowed)}")
     dtype = np.dtype(ml_dtypes.bfloat16) if dtype_name == "bfloat16" else np.dtype(dtype_name)
@@ -596,8 +718,14 @@ def load(path: str, *, expected: Mapping[str, Any] | None = None) -> SyntheticSe
 
 def set_metadata(config, info, teachers, method: str, k: int, m: int) -> dict[str, Any]:
   """The metadata every set of a run records (``config``: the run config, ``info``: the
-  dataset's ``DatasetInfo``, ``teachers``: the M teachers; ``k``, ``m``: the set's K and M)."""
+  dataset's ``DatasetInfo``, ``teachers``: the M teachers; ``k``, ``m``: the set's K and M).
+
+  ``storage`` (``{'compensators': dtype, 'labels': dtype}``, the config's
+  ``synthetic.compensator_dtype`` / ``label_dtype``) is recorded only when one of them is not
+  float32: its absence means float32, so sets written before it existed still match."""
+  storage = storage_metadata(config)
   return {
+    **({"storage": storage} if storage else {}),
     "method": method,
     "dataset": info.name,
     "num_classes": info.num_classes,
@@ -614,6 +742,16 @@ def set_metadata(config, info, teachers, method: str, k: int, m: int) -> dict[st
     "recover": config.recover.to_dict(),
     "seed": int(config.seed),
   }
+
+
+def storage_metadata(config) -> dict[str, str] | None:
+  """``{'compensators': dtype, 'labels': dtype}`` of ``config.synthetic``, or None when both
+  are float32 (the default, recorded by absence)."""
+  storage = {
+    "compensators": str(config.synthetic.compensator_dtype),
+    "labels": str(config.synthetic.label_dtype),
+  }
+  return None if storage == {"compensators": "float32", "labels": "float32"} else storage
 
 
 def save_on_primary(path: str, s: SyntheticSet) -> SyntheticSet:

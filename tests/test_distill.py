@@ -1,5 +1,6 @@
 """The main job end to end on the digits: pipeline, reuse, SIGKILL resume, bad input."""
 
+import json
 import os
 import shutil
 import signal
@@ -237,3 +238,83 @@ def test_cli_quick_start_command_reports_an_error_cleanly(tmp_path):
     timeout=120,
   )
   assert result.returncode == 2 and "ipc >= 2" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_distill_both_protocols_full_data_curves_and_scores(tmp_path, teachers_dir):
+  # K = 8, M = 2, student 4 epochs of batch 32. Set sizes: INFER 8 * 3 * 10 = 240 (7 steps
+  # per epoch), Random 100 (3), full data 1,438 (44). Hand-computed epochs x steps:
+  # same_steps (reference 4 * 7 = 28 steps): INFER 4 x 7 = 28, Random round(28 / 3) = 9 -> 27,
+  #   full data round(28 / 44) = 1 -> 44;
+  # same_epochs: INFER 4 -> 28 (the same run as same_steps), Random 4 -> 12, full 4 -> 176.
+  work = _workdir(tmp_path, teachers_dir)
+  c = distill_config(work, methods="random_hard,random,infer,infer_uint8,full_data")
+  c.evaluate.protocol = "both"
+  c.evaluate.curve_every = 10
+  c.evaluate.feature_similarity = True
+  summary = distill.distill(c)
+  got = {(r["key"], r["protocol"]): (r["epochs"], r["steps"]) for r in summary["rows"]}
+  assert got == {
+    ("full_data", "same_steps"): (1, 44),
+    ("full_data", "same_epochs"): (4, 176),
+    ("random_hard", "same_steps"): (9, 27),
+    ("random_hard", "same_epochs"): (4, 12),
+    ("random", "same_steps"): (9, 27),
+    ("random", "same_epochs"): (4, 12),
+    ("infer", "same_steps"): (4, 28),
+    ("infer", "same_epochs"): (4, 28),
+    ("infer_uint8", "same_steps"): (4, 28),
+    ("infer_uint8", "same_epochs"): (4, 28),
+  }
+  rows = {(r["key"], r["protocol"]): r for r in summary["rows"]}
+  # INFER's training is the same under both protocols: one run, the same numbers.
+  assert rows["infer", "same_steps"]["final_top1"] == rows["infer", "same_epochs"]["final_top1"]
+  assert rows["infer", "same_steps"]["fingerprint"] != rows["infer", "same_epochs"]["fingerprint"]
+  # Curves for INFER and Random only (evaluate.curve_methods), every 10 steps and the last.
+  assert [s for s, _ in rows["random", "same_steps"]["curve"]] == [10, 20, 27]
+  assert [s for s, _ in rows["infer", "same_epochs"]["curve"]] == [10, 20, 28]
+  assert rows["full_data", "same_steps"]["curve"] is None
+  for r in summary["rows"]:
+    ref = rows["random_hard" if r["labels"] == "hard" else "random", r["protocol"]]
+    assert r["ior"] == pytest.approx(r["final_top1_mean"] - ref["final_top1_mean"])
+    assert {"hlr", "lrs"} <= set(r)
+  full = rows["full_data", "same_epochs"]
+  assert full["instances"] == 1438 and full["bytes"]["total"] == 1438 * 8 * 8 * 3
+  assert full["bytes"]["compression_ratio"] == pytest.approx(1.0)
+  assert full["hlr"] == 0.0
+  hlr = full["final_top1_mean"] - rows["random_hard", "same_epochs"]["final_top1_mean"]
+  assert rows["random", "same_epochs"]["hlr"] == pytest.approx(hlr)
+  # uint8 compensators: K*M*H*W*3 bytes + 8*K*M for scale and offset; float16 labels.
+  b = rows["infer_uint8", "same_steps"]["bytes"]
+  assert b["compensators"] == 8 * 2 * 8 * 8 * 3 + 8 * 8 * 2
+  assert b["labels"] == 8 * 3 * 10 * 10 * 2
+  fs = summary["feature_similarity"]
+  assert set(fs) == {"resnet_tiny", "convnet_tiny"}
+  assert set(fs["resnet_tiny"]) == {"real", "infer"}  # no SRe2L-style row requested
+  assert fs["resnet_tiny"]["infer"]["instances"] == 240
+  assert -1.0 <= fs["resnet_tiny"]["real"]["mean"] <= 1.0
+  # A rerun keeps every row; a same_steps-only rerun keeps its rows too.
+  again = distill.distill(c)
+  assert [r["final_top1"] for r in again["rows"]] == [r["final_top1"] for r in summary["rows"]]
+  c.evaluate.protocol = "same_steps"
+  c.evaluate.feature_similarity = False
+  only = distill.distill(c)
+  assert [r["protocol"] for r in only["rows"]] == ["same_steps"] * 5
+  assert only["rows"][0]["final_top1"] == rows["full_data", "same_steps"]["final_top1"]
+
+
+def test_rows_without_a_protocol_are_kept_as_same_steps(tmp_path, teachers_dir, capsys):
+  work = _workdir(tmp_path, teachers_dir)
+  c = distill_config(work, methods="random")
+  first = distill.distill(c)
+  # Rewrite the summary as older versions wrote it: no protocol, the run as fingerprint.
+  path = work / "summary.json"
+  old = json.loads(path.read_text())
+  for r in old["rows"]:
+    del r["protocol"]
+    r["fingerprint"] = {k: v for k, v in r["fingerprint"].items() if k != "protocol"}
+  path.write_text(json.dumps(old))
+  capsys.readouterr()
+  again = distill.distill(c)
+  assert "kept from" in capsys.readouterr().out
+  assert again["rows"][0]["protocol"] == "same_steps"
+  assert again["rows"][0]["final_top1"] == first["rows"][0]["final_top1"]

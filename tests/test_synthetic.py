@@ -1,6 +1,7 @@
 """Tests of the synthetic-set format: materialisation, byte accounting, save/load, PNG export."""
 
 import csv
+import dataclasses
 import itertools
 import json
 import os
@@ -50,7 +51,7 @@ def _random_set(k=2, m=2, num_classes=3, h=4, w=4, labels=True, seed=0):
 
 
 def _assert_same_set(a, b):
-  for name in ("images", "source_indices", "compensators", "labels"):
+  for name in synthetic._ARRAYS:
     x, y = getattr(a, name), getattr(b, name)
     if x is None:
       assert y is None, name
@@ -202,7 +203,8 @@ def test_round_trip_every_dtype(tmp_path, comp_dtype, label_dtype):
   assert str(loaded.labels.dtype) == label_dtype
   with np.load(path) as archive:
     header = json.loads(str(archive["format"][()]))
-  assert header["format_version"] == synthetic.FORMAT_VERSION
+  # Float sets keep format version 1 (readable by versions that predate uint8 compensators).
+  assert header["format_version"] == 1
   assert header["arrays"]["compensators"]["dtype"] == comp_dtype
 
 
@@ -443,3 +445,100 @@ def test_zip_members_are_uncompressed(tmp_path):
   synthetic.save(str(path), _random_set())
   with zipfile.ZipFile(path) as z:
     assert {i.compress_type for i in z.infolist()} == {zipfile.ZIP_STORED}
+
+
+# --------------------------------------------------------------------------- uint8 compensators
+
+
+def _numpy_quantize(u):
+  """Independent affine uint8 quantisation per compensator (loops, float64)."""
+  k, m = u.shape[:2]
+  codes = np.zeros(u.shape, np.uint8)
+  scale = np.zeros((k, m))
+  offset = np.zeros((k, m))
+  for i in range(k):
+    for j in range(m):
+      x = u[i, j].astype(np.float64)
+      offset[i, j], scale[i, j] = x.min(), (x.max() - x.min()) / 255
+      if scale[i, j] > 0:
+        codes[i, j] = np.clip(np.round((x - x.min()) / scale[i, j]), 0, 255)
+  return codes, scale, offset
+
+
+def test_uint8_compensators_round_trip_and_error_bound(tmp_path):
+  s = _random_set(k=3, m=2, num_classes=4, h=5, w=6)
+  u = s.compensators
+  u[1, 1] = 0.75  # a constant compensator: scale 0, restored exactly
+  q = synthetic.cast(s, compensator_dtype="uint8", label_dtype="float16")
+  assert q.quantized and q.compensators.dtype == np.uint8 and q.labels.dtype == np.float16
+  codes, scale, offset = _numpy_quantize(u)
+  np.testing.assert_allclose(q.compensator_scale, scale, rtol=1e-6)
+  np.testing.assert_allclose(q.compensator_offset, offset, rtol=1e-6)
+  # Codes agree with the float64 reference except where float32 rounding lands on a .5 tie.
+  assert np.mean(q.compensators == codes) > 0.999
+  assert np.abs(q.compensators.astype(int) - codes).max() <= 1
+  restored = synthetic.dequantize_compensators(
+    q.compensators, q.compensator_scale, q.compensator_offset
+  )
+  bound = scale[..., None, None, None] / 2 * (1 + 1e-5) + 1e-6
+  assert (np.abs(restored - u) <= bound).all()
+  np.testing.assert_array_equal(restored[1, 1], np.float32(0.75))
+  # Materialised instances use the dequantised compensators.
+  instances, soft, _ = synthetic.materialize(q)
+  lo, hi = synthetic.clip_bounds(s.metadata)
+  x = synthetic.normalize_uint8(s.images[2, 3], *synthetic.normalization(s.metadata))
+  n = (2 * 3 + 2) * 4 + 3  # k = 2, m = 2 (u_{2, 1}), c = 3
+  np.testing.assert_allclose(instances[n], np.clip(x + restored[2, 1], lo, hi), atol=1e-6)
+  np.testing.assert_array_equal(soft, q.labels.reshape(-1, 4).astype(np.float32))
+  # Save / load: bit-exact codes, scale and offset; version 2 header.
+  path = str(tmp_path / "q.npz")
+  synthetic.save(path, q)
+  loaded = synthetic.load(path)
+  _assert_same_set(q, loaded)
+  with np.load(path) as z:
+    header = json.loads(str(z["format"][()]))
+  assert header["format_version"] == 2
+  assert header["arrays"]["compensators"]["dtype"] == "uint8"
+  assert header["arrays"]["compensator_scale"]["dtype"] == "float32"
+  # Back to float32: the dequantised values.
+  back = synthetic.cast(loaded, compensator_dtype="float32")
+  assert not back.quantized and back.compensator_scale is None
+  np.testing.assert_array_equal(back.compensators, restored)
+
+
+def test_uint8_compensator_bytes_by_hand():
+  # K=2, M=2, C=5, 4x4x3: codes 2*2*48 = 192 B, scale + offset 2*2*(4+4) = 32 B;
+  # float16 labels 2*3*5*5*2 = 300 B; images 2*5*48 = 480 B.
+  q = synthetic.cast(
+    _random_set(k=2, m=2, num_classes=5), compensator_dtype="uint8", label_dtype="float16"
+  )
+  assert synthetic.storage_bytes(q) == {
+    "images": 480,
+    "compensators": 224,
+    "labels": 300,
+    "total": 1004,
+    "provenance": 80,
+  }
+
+
+def test_uint8_compensators_need_scale_and_offset():
+  q = synthetic.cast(_random_set(), compensator_dtype="uint8")
+  with pytest.raises(InputError, match="compensator_scale"):
+    dataclasses.replace(q, compensator_scale=None).validate()
+  with pytest.raises(InputError, match="compensator_offset"):
+    dataclasses.replace(q, compensator_offset=q.compensator_offset.astype(np.float64)).validate()
+  with pytest.raises(InputError, match="not uint8"):
+    dataclasses.replace(_random_set(), compensator_scale=q.compensator_scale).validate()
+  with pytest.raises(InputError, match="uint8"):
+    synthetic.cast(_random_set(), compensator_dtype="int8")
+
+
+def test_storage_metadata_records_non_default_dtypes():
+  import ml_collections
+
+  c = ml_collections.ConfigDict({"synthetic": {"compensator_dtype": "float32"}})
+  c.synthetic.label_dtype = "float32"
+  assert synthetic.storage_metadata(c) is None
+  c.synthetic.compensator_dtype = "uint8"
+  c.synthetic.label_dtype = "float16"
+  assert synthetic.storage_metadata(c) == {"compensators": "uint8", "labels": "float16"}

@@ -72,7 +72,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.recover.log_every = 100
 
   c.synthetic = ml_collections.ConfigDict()
-  c.synthetic.compensator_dtype = "float32"  # float32 | float16 | bfloat16
+  # float32 | float16 | bfloat16 | uint8 (affine per compensator: scale and offset float32)
+  c.synthetic.compensator_dtype = "float32"
   c.synthetic.label_dtype = "float32"  # float32 | float16 | bfloat16
   c.synthetic.relabel_batch_size = 500
 
@@ -111,6 +112,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluate.set = ""  # python -m infer_jax.evaluate: the synthetic set (.npz) to evaluate
   c.evaluate.labels = "static"  # static | dynamic | hard
   c.evaluate.out = ""  # result JSON; '' = <workdir>/evaluate/<set>-<labels>.json
+  # distill: how rows get their optimisation steps (docs/protocol.md): same_steps (every row
+  # about the INFER set's steps) | same_epochs (the paper's: the student epochs over each
+  # row's own set) | both (every row under each; a row neither changes is trained once).
+  c.evaluate.protocol = "same_steps"
+  # distill: > 0 records a learning curve (test top-1 every this many steps, first seed) for
+  # the rows of curve_methods (comma-separated method keys).
+  c.evaluate.curve_every = 0
+  c.evaluate.curve_methods = "infer,random"
+  # distill: epochs of the full_data row (the whole training set, hard labels) under both
+  # protocols; 0 = the protocol's rule (same_epochs: student.epochs; same_steps: the INFER
+  # set's steps).
+  c.evaluate.full_data_epochs = 0
+  # distill: teacher feature duplication (within-class cosine similarity) of real, INFER and
+  # SRe2L-style instances, stored in the summary (docs/protocol.md).
+  c.evaluate.feature_similarity = False
 
   # Multi-process runs (infer_jax.runtime.distributed, docs/scaling.md). On SLURM (srun), Open MPI
   # and Cloud TPU pods everything is auto-detected; elsewhere give the coordinator address,
