@@ -102,8 +102,8 @@ def build_infer_set(
   unlabelled = synthetic.SyntheticSet(
     images=images, source_indices=indices, compensators=compensators, labels=None, metadata=metadata
   )
-  instances, _, _ = synthetic.materialize(unlabelled)
-  soft = relabel.static_labels(teachers, instances, batch_size=config.synthetic.relabel_batch_size)
+  # Instances are materialised and labelled one batch at a time (never the whole set).
+  soft = relabel.set_labels(teachers, unlabelled, batch_size=config.synthetic.relabel_batch_size)
   labelled = synthetic.SyntheticSet(
     images=images,
     source_indices=indices,

@@ -214,7 +214,7 @@ def _check_float(name: str, a: np.ndarray | None, shape: tuple[int, ...], doc: s
       "array or the metadata (K, M, num_classes, image_shape)."
     )
   # A NaN/inf would silently poison every student trained on the set.
-  if not np.isfinite(a.astype(np.float32)).all():
+  if not np.isfinite(a.astype(np.float32, copy=False)).all():
     raise InputError(
       f"{name} holds NaN or infinite values; the run that produced them diverged. "
       "Regenerate the set (e.g. with a lower learning rate)."
