@@ -153,6 +153,14 @@ def _json(obj: Any) -> Any:
   return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
+def _comparable_fingerprint(fingerprint: Any) -> Any:
+  """A stored row fingerprint with its set's execution settings dropped (rows written while
+  they were part of the fingerprint still match)."""
+  if isinstance(fingerprint, dict) and isinstance(fingerprint.get("set"), dict):
+    return {**fingerprint, "set": synthetic.comparable_metadata(fingerprint["set"])}
+  return fingerprint
+
+
 def _read_summary(path: str) -> dict[str, Any]:
   if not os.path.exists(path):
     return {}
@@ -252,16 +260,18 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
     else:
       epochs = evaluate.epochs_for_steps(steps, s.num_instances, scfg.batch_size)
     row_cfg = dataclasses.replace(scfg, epochs=epochs)
+    # The set's execution settings (how recover was split over devices, ...) are left out:
+    # a rerun on another split keeps the rows, and rows written before they existed match.
     fingerprint = _json(
       {
-        "set": s.metadata,
+        "set": synthetic.comparable_metadata(s.metadata),
         "labels": labels,
         "student": dataclasses.asdict(row_cfg),
         "seeds": eval_seeds,
       }
     )
     old = old_rows.get(key)
-    if old is not None and old.get("fingerprint") == fingerprint:
+    if old is not None and _comparable_fingerprint(old.get("fingerprint")) == fingerprint:
       print(f"[distill] {name}: kept from {summary_path} (same set, student and seeds)")
       by_key[key] = old
       continue
