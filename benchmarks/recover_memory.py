@@ -2,59 +2,79 @@
 
 Command (from the repository root)::
 
-    python benchmarks/recover_memory.py                          # the default grid below
-    python benchmarks/recover_memory.py --points resnet18:imagenet:224:100:1
+    python benchmarks/recover_memory.py                 # the ImageNet grid below
+    python benchmarks/recover_memory.py --archs resnet18 --shards 8 --remat none --dtypes float32
 
-Each point ``arch:stem:size:C:K_local`` compiles ``infer_jax.recover.make_step`` (augment
-'roll', compensator parameterisation) for ``K_local`` subsets of ``C`` images of
-``size x size`` on ONE device -- what each device holds when K subsets are sharded over
-D devices, ``K_local = ceil(K / D)`` -- and reads ``compiled.memory_analysis()``:
-arguments (teacher variables, compensators, Adam state, real images, labels), outputs,
-temporaries (activations kept for the backward pass and the gradients), and the peak
-estimate ``arguments + outputs + temporaries - aliased`` (donated parameters and Adam state
-are reused for the outputs). The figures are those of the XLA backend it runs on (here
-XLA:CPU); a GPU or TPU compiler assigns buffers differently, so treat them as estimates of
-the same order, and the scaling (linear in K_local * C, quadratic in size) as the point.
+Each row compiles ``infer_jax.recover.make_step`` (augment 'roll', compensator
+parameterisation) for ONE subset of ``C`` images at ``size x size`` whose images are split
+over ``image_shards`` devices (a 1 x image_shards subsets x images mesh; C padded to a
+multiple of it), with the teacher's blocks rematerialised or not, in float32 or bfloat16
+compute, and reads ``compiled.memory_analysis()`` of the per-device program: ``peak_mib`` =
+arguments + outputs + temporaries - aliased (donated parameters and Adam state are reused
+for the outputs), and ``compiled.cost_analysis()['flops']`` per device and step. Inputs are
+abstract (``jax.ShapeDtypeStruct``): nothing is allocated or run. The lowering needs
+``image_shards`` devices: the script asks XLA:CPU for 16 host devices before JAX starts.
+
+The figures are those of the XLA backend it runs on (XLA:CPU here); a GPU or TPU compiler
+assigns buffers differently, so treat them as estimates of the same order. XLA:CPU also
+removes the optimisation barriers of ``jax.checkpoint`` and common-subexpression-eliminates
+the recomputation, so on this backend the remat rows come out as the rows without remat.
+Rows are written to ``benchmarks/results/recover_memory_<host>.json`` as they come.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import time
+import os
 
-import jax
-import jax.numpy as jnp
+os.environ["XLA_FLAGS"] = (
+  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=16"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from infer_jax import models, recover
-from infer_jax.core import bn_stats
-from infer_jax.runtime import checkpoint
+import argparse  # noqa: E402
+import json  # noqa: E402
+import socket  # noqa: E402
+import time  # noqa: E402
 
-DEFAULT_POINTS = (
-  "resnet18:cifar:32:10:1",
-  "resnet18:cifar:32:10:4",
-  "resnet18:cifar:32:100:1",
-  "resnet18:cifar:32:100:4",
-  "mobilenetv2:cifar:32:100:1",
-  "resnet18:imagenet:224:50:1",
-  "resnet18:imagenet:224:100:1",
-)
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+from infer_jax import models, recover  # noqa: E402
+from infer_jax.core import bn_stats  # noqa: E402
+from infer_jax.runtime import atomic, checkpoint, train  # noqa: E402
+
+ARCHS = ("resnet18", "mobilenetv2", "efficientnet_b0")
+SHARDS = (1, 2, 4, 8, 16)
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def measure(arch: str, stem: str, size: int, c: int, k: int) -> dict:
-  """Compiles one recover step and returns its memory analysis (bytes) and compile time."""
-  model = models.create_model(arch, c, stem=stem)
+def measure(arch: str, size: int, c: int, shards: int, remat: str, dtype: str) -> dict:
+  """Compiles one recover step (one subset, its images over ``shards`` devices) and returns
+  its per-device memory (MiB), FLOPs and compile time."""
+  model = models.create_model(arch, c, stem="imagenet", dtype=DTYPES[dtype])
   shape = (size, size, 3)
   variables = checkpoint.abstract_variables(model, shape)
-  first = bn_stats.bn_layer_order(model, variables, (c, *shape))[0]
-  cfg = recover.RecoverConfig(iterations=1000, jitter=4, augment="roll")
+  c_pad = c + (-c % shards)
+  first = bn_stats.bn_layer_order(model, variables, (c_pad // shards, *shape))[0]
+  cfg = recover.RecoverConfig(iterations=1000, jitter=4, augment="roll", remat=remat)
   tx = recover.optimizer(cfg)
-  params = jax.ShapeDtypeStruct((k, 1, *shape), jnp.float32)
-  opt_state = jax.eval_shape(tx.init, params)
-  base = jax.ShapeDtypeStruct((k, c, *shape), jnp.float32)
-  labels = jax.ShapeDtypeStruct((k, c), jnp.int32)
-  iteration = jax.ShapeDtypeStruct((), jnp.int32)
-  step = recover.make_step(model, cfg, first, tx)
+  mesh = train.subset_image_mesh(jax.devices()[:shards], shards) if shards > 1 else None
+
+  def spec(shape_, dtype_, pspec):
+    sharding = None if mesh is None else NamedSharding(mesh, pspec)
+    return jax.ShapeDtypeStruct(shape_, dtype_, sharding=sharding)
+
+  params = spec((1, 1, *shape), jnp.float32, P("data"))
+  opt_state = jax.tree.map(
+    lambda a: spec(a.shape, a.dtype, P("data") if a.ndim else P()), jax.eval_shape(tx.init, params)
+  )
+  variables = jax.tree.map(lambda a: spec(a.shape, a.dtype, P()), variables)
+  base = spec((1, c_pad, *shape), jnp.float32, P("data", "images"))
+  labels = spec((1, c_pad), jnp.int32, P("data", "images"))
+  iteration = spec((), jnp.int32, P())
+  step = recover.make_step(model, cfg, first, tx, mesh=mesh)
   t = time.perf_counter()
   compiled = step.lower(variables, params, opt_state, base, labels, iteration).compile()
   seconds = time.perf_counter() - t
@@ -62,17 +82,20 @@ def measure(arch: str, stem: str, size: int, c: int, k: int) -> dict:
   peak = (
     m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
   )
-  teacher_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(variables))
+  cost = compiled.cost_analysis() or {}
+  mib = 2**20
   return {
-    "point": f"{arch}:{stem}:{size}:{c}:{k}",
-    "arguments": m.argument_size_in_bytes,
-    "outputs": m.output_size_in_bytes,
-    "temporaries": m.temp_size_in_bytes,
-    "aliased": m.alias_size_in_bytes,
-    "peak": peak,
-    "teacher_variables": teacher_bytes,
-    "real_images": k * c * size * size * 3 * 4,
-    "compensators_and_adam": 3 * k * size * size * 3 * 4,
+    "arch": arch,
+    "image_size": size,
+    "classes": c,
+    "image_shards": shards,
+    "images_per_device": c_pad // shards,
+    "remat": remat,
+    "dtype": dtype,
+    "peak_mib": round(peak / mib, 1),
+    "temp_mib": round(m.temp_size_in_bytes / mib, 1),
+    "arguments_mib": round(m.argument_size_in_bytes / mib, 1),
+    "flops_per_device_step": float(cost.get("flops", float("nan"))),
     "compile_s": round(seconds, 1),
     "backend": jax.devices()[0].platform,
   }
@@ -82,24 +105,37 @@ def main() -> None:
   p = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
-  p.add_argument("--points", default=",".join(DEFAULT_POINTS), help="arch:stem:size:C:K_local,...")
-  p.add_argument("--out", default="", help="also write the results as JSON here")
+  p.add_argument("--archs", default=",".join(ARCHS))
+  p.add_argument("--shards", default=",".join(map(str, SHARDS)))
+  p.add_argument("--remat", default="none,blocks")
+  p.add_argument("--dtypes", default="float32,bfloat16")
+  p.add_argument("--size", type=int, default=224)
+  p.add_argument("--classes", type=int, default=1000)
+  p.add_argument(
+    "--out",
+    default=f"benchmarks/results/recover_memory_{socket.gethostname().split('.')[0]}.json",
+  )
   args = p.parse_args()
   rows = []
-  mib = 2**20
-  print(f"{'point':<32} {'peak MiB':>9} {'temp MiB':>9} {'args MiB':>9} {'compile s':>9}")
-  for spec in args.points.split(","):
-    arch, stem, size, c, k = spec.split(":")
-    row = measure(arch, stem, int(size), int(c), int(k))
-    rows.append(row)
-    print(
-      f"{row['point']:<32} {row['peak'] / mib:9.1f} {row['temporaries'] / mib:9.1f} "
-      f"{row['arguments'] / mib:9.1f} {row['compile_s']:9.1f}",
-      flush=True,
-    )
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(rows, f, indent=2)
+  if os.path.exists(args.out):  # resume a partial grid: rows already measured are kept
+    with open(args.out) as f:
+      rows = json.load(f)
+  done = {(r["arch"], r["image_shards"], r["remat"], r["dtype"]) for r in rows}
+  print(f"{'arch':<16} {'shards':>6} {'remat':>6} {'dtype':>8} {'peak MiB':>9} {'compile s':>9}")
+  for remat in args.remat.split(","):
+    for dtype in args.dtypes.split(","):
+      for arch in args.archs.split(","):
+        for shards in map(int, args.shards.split(",")):
+          if (arch, shards, remat, dtype) in done:
+            continue
+          row = measure(arch, args.size, args.classes, shards, remat, dtype)
+          rows.append(row)
+          print(
+            f"{arch:<16} {shards:>6} {remat:>6} {dtype:>8} {row['peak_mib']:9.1f} "
+            f"{row['compile_s']:9.1f}",
+            flush=True,
+          )
+          atomic.write_text(args.out, json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":

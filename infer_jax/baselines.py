@@ -41,11 +41,7 @@ def build_random_set(
   images = dataset.train.images(indices.reshape(-1)).reshape(
     config.ipc, info.num_classes, *info.image_shape
   )
-  soft = relabel.static_labels(
-    teachers,
-    synthetic.normalize_uint8(images.reshape(-1, *info.image_shape), info.mean, info.std),
-    batch_size=config.synthetic.relabel_batch_size,
-  )
+  soft = _labels_of_images(teachers, images, info, config.synthetic.relabel_batch_size)
   s = synthetic.SyntheticSet(
     images=images,
     source_indices=indices,
@@ -55,6 +51,21 @@ def build_random_set(
   )
   return synthetic.save_on_primary(
     path, synthetic.cast(s, label_dtype=config.synthetic.label_dtype)
+  )
+
+
+def _labels_of_images(teachers, images: np.ndarray, info, batch_size: int) -> np.ndarray:
+  """Static soft labels of uint8 ``images [..., H, W, 3]``, normalised one batch at a time.
+
+  Returns:
+    float32 ``[N, num_classes]``, N the images in row-major order.
+  """
+  flat = images.reshape(-1, *info.image_shape)
+  return relabel.streamed_labels(
+    teachers,
+    len(flat),
+    lambda rows: synthetic.normalize_uint8(flat[rows], info.mean, info.std),
+    batch_size=batch_size,
   )
 
 
@@ -125,11 +136,7 @@ def build_sre2l_set(
   )
   lo, hi = synthetic.clip_bounds(metadata)
   images = synthetic.denormalize_uint8(np.clip(params, lo, hi), metadata)
-  soft = relabel.static_labels(
-    teachers,
-    synthetic.normalize_uint8(images.reshape(-1, *info.image_shape), info.mean, info.std),
-    batch_size=config.synthetic.relabel_batch_size,
-  )
+  soft = _labels_of_images(teachers, images, info, config.synthetic.relabel_batch_size)
   timings["recover (SRe2L-style)"] = time.perf_counter() - t
   s = synthetic.SyntheticSet(
     images=images,

@@ -114,8 +114,8 @@ def build_infer_set(
   unlabelled = synthetic.SyntheticSet(
     images=images, source_indices=indices, compensators=compensators, labels=None, metadata=metadata
   )
-  instances, _, _ = synthetic.materialize(unlabelled)
-  soft = relabel.static_labels(teachers, instances, batch_size=config.synthetic.relabel_batch_size)
+  # Instances are materialised and labelled one batch at a time (never the whole set).
+  soft = relabel.set_labels(teachers, unlabelled, batch_size=config.synthetic.relabel_batch_size)
   labelled = synthetic.SyntheticSet(
     images=images,
     source_indices=indices,
@@ -195,6 +195,14 @@ def method_keys(config: ml_collections.ConfigDict) -> list[str]:
 def _json(obj: Any) -> Any:
   """What ``obj`` looks like after a JSON round trip (tuples -> lists, numpy -> Python)."""
   return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def _comparable_fingerprint(fingerprint: Any) -> Any:
+  """A stored row fingerprint with its set's execution settings dropped (rows written while
+  they were part of the fingerprint still match)."""
+  if isinstance(fingerprint, dict) and isinstance(fingerprint.get("set"), dict):
+    return {**fingerprint, "set": synthetic.comparable_metadata(fingerprint["set"])}
+  return fingerprint
 
 
 def _read_summary(path: str) -> dict[str, Any]:
@@ -328,9 +336,11 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
     )
     row_cfg = dataclasses.replace(scfg, epochs=epochs)
     row_curve = curve_every if key in curve_keys else 0
-    # What the student run depends on; the row's fingerprint adds its protocol.
+    # What the student run depends on; the row's fingerprint adds its protocol. The set's
+    # execution settings (how recover was split over devices, ...) are left out: a rerun on
+    # another split keeps the rows, and rows written before they existed match.
     run = {
-      "set": s.metadata,
+      "set": synthetic.comparable_metadata(s.metadata),
       "labels": labels,
       "student": dataclasses.asdict(row_cfg),
       "seeds": eval_seeds,
@@ -342,7 +352,7 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
     old = old_rows.get((key, protocol))
     # A row written before protocols were recorded has the run as its fingerprint.
     accepted = [fingerprint] + ([run] if old is not None and "protocol" not in old else [])
-    if old is not None and old.get("fingerprint") in accepted:
+    if old is not None and _comparable_fingerprint(old.get("fingerprint")) in accepted:
       print(f"[distill] {name} ({protocol}): kept from {summary_path} (same set, student, seeds)")
       by_key[key, protocol] = {**old, "protocol": protocol, "fingerprint": fingerprint}
       runs.setdefault(run_id, old)

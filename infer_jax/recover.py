@@ -31,11 +31,13 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from infer_jax.core import bn_stats
 from infer_jax.core.augment import RRC_SCALE, SUBSET_AUGMENTATIONS, apply_subset, draw_subset
@@ -68,6 +70,12 @@ class RecoverConfig:
     checkpoint_every: iterations between Orbax checkpoints (0: never).
     log_every: iterations between progress lines (0: never).
     seed: base seed of the augmentation draws and of noise initialisation.
+    image_shards: devices that share one subset's C images (the 'images' axis of a
+      subsets x images mesh; BatchNorm statistics and the CE mean are reduced over it).
+      0: chosen from the device count and a memory estimate (:func:`auto_image_shards`);
+      otherwise a divisor of the device count. 1: every subset on one device.
+    remat: 'none' or 'blocks': recompute the inside of each of the teacher's top-level
+      blocks in the backward pass instead of keeping it (:func:`bn_stats.capture_bn_statistics`).
   """
 
   iterations: int = 1000
@@ -82,6 +90,8 @@ class RecoverConfig:
   checkpoint_every: int = 100
   log_every: int = 100
   seed: int = 0
+  image_shards: int = 0
+  remat: str = "none"
 
   def __post_init__(self):
     if self.parameterisation not in PARAMETERISATIONS:
@@ -99,6 +109,12 @@ class RecoverConfig:
     if self.augment not in SUBSET_AUGMENTATIONS:
       raise InputError(
         f"recover augment must be one of {SUBSET_AUGMENTATIONS}, got {self.augment!r}."
+      )
+    if self.remat not in bn_stats.REMAT:
+      raise InputError(f"recover remat must be one of {bn_stats.REMAT}, got {self.remat!r}.")
+    if self.image_shards < 0:
+      raise InputError(
+        f"recover image_shards must be >= 0 (0 = automatic), got {self.image_shards}."
       )
     if self.iterations < 1 or self.lr <= 0 or self.jitter < 0:
       raise InputError(
@@ -141,7 +157,16 @@ def optimizer(cfg: RecoverConfig) -> optax.GradientTransformation:
 
 
 def subset_loss(
-  model, variables, params_k, base_k, labels_k, draws_k, cfg: RecoverConfig, first_layer
+  model,
+  variables,
+  params_k,
+  base_k,
+  labels_k,
+  draws_k,
+  cfg: RecoverConfig,
+  first_layer,
+  axis_name: str | None = None,
+  weights_k: jax.Array | None = None,
 ) -> tuple[jax.Array, dict]:
   """Loss of one subset: ``teacher_loss(A(base_k + params_k), labels_k)``.
 
@@ -150,6 +175,9 @@ def subset_loss(
     base_k: ``[C, H, W, 3]`` normalised real images (zeros for class_specific).
     labels_k: ``[C]`` int labels.
     draws_k: this subset's augmentation draws (:func:`draw_subset_augment`).
+    axis_name: inside ``shard_map``, the mesh axis over which the subset's images are split
+      (the arrays above then hold this device's share of them); None: all on this device.
+    weights_k: ``[C]`` 0/1 with ``axis_name``: 0 marks padding images.
 
   Returns:
     ``(loss, {'ce', 'bn'})`` scalars.
@@ -163,6 +191,9 @@ def subset_loss(
     r_bn=cfg.r_bn,
     first_layer=first_layer,
     first_multiplier=cfg.first_bn_multiplier,
+    axis_name=axis_name,
+    weights=weights_k,
+    remat=cfg.remat,
   )
   return loss, {"ce": aux["ce"], "bn": aux["bn"]}
 
@@ -195,6 +226,38 @@ def step_draws(cfg: RecoverConfig, teacher_index, iteration, k: int, image_shape
   return jax.vmap(lambda key: draw_subset_augment(cfg, key, image_shape))(keys)
 
 
+def _split_subset_losses(model, cfg: RecoverConfig, first_layer, mesh: Mesh) -> Callable:
+  """Every subset's ``(loss [K], {'ce', 'bn'} [K])`` with its images split over the mesh's
+  'images' axis (``shard_map``; same arguments as the one-device vmap in :func:`make_step`).
+
+  Each device holds ``[K / S, C / I, ...]`` of the images and labels (labels < 0: padding
+  images, weight 0) and runs the teacher on them alone; only the BatchNorm moments and the
+  CE sum cross devices (``psum`` over 'images'). A compensator ``[K / S, 1, ...]`` is
+  replicated over 'images', so the transpose of its broadcast adds its gradient over the
+  subset's devices; class-specific parameters are split like the images.
+  """
+  subsets = P(train.SUBSET_AXIS)
+  images = P(train.SUBSET_AXIS, train.IMAGE_AXIS)
+
+  def local_losses(params, variables, base, labels, draws):
+    weights = (labels >= 0).astype(jnp.float32)
+    labels = jnp.maximum(labels, 0)
+    return jax.vmap(
+      lambda p, b, y, w, d: subset_loss(
+        model, variables, p, b, y, d, cfg, first_layer, train.IMAGE_AXIS, w
+      )
+    )(params, base, labels, weights, draws)
+
+  param_spec = subsets if cfg.parameterisation == "compensator" else images
+  # The losses leave reduced over 'images' (equal on a subset's devices).
+  return jax.shard_map(
+    local_losses,
+    mesh=mesh,
+    in_specs=(param_spec, P(), images, images, subsets),
+    out_specs=(subsets, subsets),
+  )
+
+
 def make_step(
   model,
   cfg: RecoverConfig,
@@ -202,6 +265,7 @@ def make_step(
   tx: optax.GradientTransformation,
   teacher_index: int = 0,
   clip_bounds: tuple[np.ndarray, np.ndarray] | None = None,
+  mesh: Mesh | None = None,
 ) -> Callable:
   """The jitted all-subsets step ``(variables, params, opt_state, base, labels, iteration,
   draws=None)``.
@@ -215,6 +279,12 @@ def make_step(
     clip_bounds: ``(lo [3], hi [3])``, the normalised images of pixel values 0 and 1; needed
       by ``cfg.clamp == 'every_step'`` (the parameters are clamped to them after each update,
       Adam's moments untouched).
+    mesh: a subsets x images mesh (:func:`infer_jax.runtime.train.subset_image_mesh`) whose
+      'images' axis has more than one device: each subset's C images are split over that
+      axis (``shard_map``), every BatchNorm statistic and the CE mean are summed over it
+      (``psum``), and labels < 0 mark padding images (C padded to a multiple of the axis).
+      None, or an 'images' axis of one device: the one-device program, shardings taken from
+      the inputs.
 
   Returns:
     ``step(variables, params [K,P,H,W,3], opt_state, base [K,C,H,W,3], labels [K,C],
@@ -224,10 +294,17 @@ def make_step(
     (``cfg.seed``, ``teacher_index``, ``iteration``).
   """
 
+  if mesh is not None and mesh.shape.get(train.IMAGE_AXIS, 1) > 1:
+    subset_losses = _split_subset_losses(model, cfg, first_layer, mesh)
+  else:
+
+    def subset_losses(params, variables, base, labels, draws):
+      return jax.vmap(
+        lambda p, b, y, d: subset_loss(model, variables, p, b, y, d, cfg, first_layer)
+      )(params, base, labels, draws)
+
   def all_losses(params, variables, base, labels, draws):
-    losses, aux = jax.vmap(
-      lambda p, b, y, d: subset_loss(model, variables, p, b, y, d, cfg, first_layer)
-    )(params, base, labels, draws)
+    losses, aux = subset_losses(params, variables, base, labels, draws)
     # Subsets are independent, so the gradient of the sum is each subset's own gradient.
     return jnp.sum(losses), (losses, aux)
 
@@ -265,6 +342,79 @@ def _pad_subsets(a: np.ndarray, multiple: int) -> np.ndarray:
   return np.concatenate([a, np.repeat(a[:1], pad, axis=0)]) if pad else a
 
 
+def _pad_classes(a: np.ndarray, size: int, fill) -> np.ndarray:
+  """Pads axis 1 (the C images of a subset) to ``size`` with ``fill`` (padding images)."""
+  pad = size - a.shape[1]
+  if pad <= 0:
+    return a
+  return np.concatenate([a, np.full((a.shape[0], pad, *a.shape[2:]), fill, a.dtype)], axis=1)
+
+
+def activation_bytes_per_image(model, variables, image_shape) -> int:
+  """Bytes of every layer output of the teacher's forward pass for one image.
+
+  An estimate of what the input-gradient backward pass keeps per image (each BatchNorm
+  input is needed by the gradient of its statistics; ReLU masks and cotangents come on
+  top): traced abstractly, no FLOPs.
+
+  Args:
+    model: the teacher module; variables: its variables (shapes only);
+    image_shape: ``[H, W, 3]``.
+  """
+  total = [0]
+
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if context.method_name == "__call__":
+      total[0] += sum(int(np.prod(y.shape)) * y.dtype.itemsize for y in jax.tree.leaves(out))
+    return out
+
+  def run(v, x):
+    with nn.intercept_methods(record):
+      return model.apply(v, x, train=False)
+
+  jax.eval_shape(run, dict(variables), jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+  return total[0]
+
+
+# What the backward pass holds per image, in units of activation_bytes_per_image: fitted on
+# XLA:CPU's buffer assignment of the compiled step (benchmarks/recover_memory.py).
+_BACKWARD_FACTOR = 2.0
+# Share of a device's memory the automatic split plans to use.
+_MEMORY_FRACTION = 0.8
+
+
+def auto_image_shards(teacher: checkpoint.Teacher, k: int, c: int, image_shape, devices) -> int:
+  """The fewest devices per subset whose estimated memory fits every device.
+
+  Per device: twice the teacher's variables plus ``ceil(K / S) * ceil(C / I)`` images of
+  :func:`activation_bytes_per_image` x a backward factor, with S = D / I subset groups;
+  the smallest divisor I of D (I <= C) that fits ``_MEMORY_FRACTION`` of the device's
+  memory limit. Devices that report no limit (XLA:CPU) get 1: one subset per device, as
+  without the split.
+
+  Returns:
+    I, a divisor of ``len(devices)``.
+  """
+  devices = list(np.asarray(devices).reshape(-1))
+  stats = devices[0].memory_stats() or {}
+  limit = stats.get("bytes_limit")
+  if not limit:
+    return 1
+  d = len(devices)
+  per_image = _BACKWARD_FACTOR * activation_bytes_per_image(
+    teacher.model, teacher.variables, image_shape
+  )
+  per_image += 4 * 4 * int(np.prod(image_shape))  # the real image, its sum and cotangent
+  fixed = 2 * sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(teacher.variables))
+  candidates = [i for i in range(1, d + 1) if d % i == 0 and i <= max(c, 1)]
+  for i in candidates:
+    need = fixed + -(-k // (d // i)) * -(-c // i) * per_image
+    if need <= _MEMORY_FRACTION * limit:
+      return i
+  return candidates[-1]
+
+
 def recover_teacher(
   teacher: checkpoint.Teacher,
   base: np.ndarray,
@@ -285,24 +435,44 @@ def recover_teacher(
     cfg: recover config.
     teacher_index: position of the teacher (seeds its draws; names nothing on disk).
     directory: where progress is checkpointed; None disables checkpointing.
-    mesh: device mesh for the subset axis; default all devices.
+    mesh: the devices: a one-axis mesh (default all devices), split into subsets x images
+      by ``cfg.image_shards``, or a ready subsets x images mesh
+      (:func:`infer_jax.runtime.train.subset_image_mesh`).
     log: progress printer.
 
   Returns:
     float32 ``[K, P, H, W, 3]`` optimised parameters (P = 1 for compensators, C otherwise).
 
   Raises:
-    InputError: the loss became non-finite (nothing of that state is saved).
+    InputError: the loss became non-finite (nothing of that state is saved), or
+      ``cfg.image_shards`` does not divide the device count.
   """
   mesh = mesh if mesh is not None else train.data_mesh()
   k, c = labels.shape
   image_shape = base.shape[2:]
   name = teacher.metadata["architecture"]
+  if train.IMAGE_AXIS not in mesh.axis_names:
+    shards = cfg.image_shards or auto_image_shards(teacher, k, c, image_shape, mesh.devices)
+    if shards != 1:
+      mesh = train.subset_image_mesh(mesh.devices, shards)
+  split = mesh.shape.get(train.IMAGE_AXIS, 1) > 1
+  groups = mesh.shape[train.SUBSET_AXIS]
+  # C padded to a multiple of the image shards (padding images weigh 0, labels -1).
+  c_pad = c + (-c % mesh.shape[train.IMAGE_AXIS]) if split else c
+  per_class = cfg.parameterisation == "class_specific"
   tx = optimizer(cfg)
-  params = init_params(cfg, k, c, image_shape, teacher_index)
-  shard = train.batch_sharding(mesh)
+  pspec = P(train.SUBSET_AXIS, train.IMAGE_AXIS) if split and per_class else P(train.SUBSET_AXIS)
+  shard = NamedSharding(mesh, pspec)
+  image_shard = NamedSharding(mesh, P(train.SUBSET_AXIS, train.IMAGE_AXIS) if split else pspec)
   repl = train.replicated(mesh)
-  params = jax.device_put(_pad_subsets(params, mesh.size), shard)
+
+  def pad(a: np.ndarray) -> np.ndarray:
+    # Parameters (and Adam's moments) of the original K x C problem -> this mesh's padding.
+    if per_class:
+      a = _pad_classes(a, c_pad, 0)
+    return _pad_subsets(a, groups)
+
+  params = jax.device_put(pad(init_params(cfg, k, c, image_shape, teacher_index)), shard)
 
   def place(tree):
     # Per-subset arrays split over devices, scalars (Adam's step count) replicated; also
@@ -323,21 +493,24 @@ def recover_teacher(
     # Only when set: checkpoints of unclamped runs written before the setting existed resume.
     identity["clamp"] = cfg.clamp
   padded = params.shape[0]
+  padded_classes = params.shape[1] if per_class else c
   if ckpt is not None:
     like = {"params": params, "opt_state": opt_state}
     latest = ckpt.latest_step()
-    saved = padded
+    saved = (padded, padded_classes)
     if latest is not None:
-      saved = int(ckpt.read_json(latest, "data_iter")["padded_subsets"])
-    if saved != padded:
-      # Written on another device count (a preempted job relaunched on another allocation):
-      # K was padded to another multiple. Restore replicated, then re-pad for this mesh.
-      like = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(
-          (saved, *a.shape[1:]) if a.ndim else a.shape, a.dtype, sharding=repl
-        ),
-        like,
-      )
+      data_iter = ckpt.read_json(latest, "data_iter")
+      saved = (int(data_iter["padded_subsets"]), int(data_iter.get("padded_classes", c)))
+    if saved != (padded, padded_classes):
+      # Written on another mesh (a preempted job relaunched on another allocation or split):
+      # K (and, per class, C) was padded to other multiples. Restore replicated, re-pad.
+      def saved_like(a):
+        if not a.ndim:
+          return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl)
+        shape = (saved[0], saved[1], *a.shape[2:]) if per_class else (saved[0], *a.shape[1:])
+        return jax.ShapeDtypeStruct(shape, a.dtype, sharding=repl)
+
+      like = jax.tree.map(saved_like, like)
     restored = ckpt.restore_latest(like)
     if restored is not None:
       start, state, _, meta = restored
@@ -346,16 +519,27 @@ def recover_teacher(
           f"The recover checkpoint in {directory} belongs to another run "
           f"({meta} != {identity}); use a fresh --config.workdir."
         )
-      if saved != padded:
+      if saved != (padded, padded_classes):
         state = jax.tree.map(
-          lambda a: _pad_subsets(distributed.to_host(a)[:k], mesh.size) if a.ndim else a, state
+          lambda a: (
+            pad(distributed.to_host(a)[:k, :c] if per_class else distributed.to_host(a)[:k])
+            if a.ndim
+            else a
+          ),
+          state,
         )
       params, opt_state = place(state["params"]), place(state["opt_state"])
       log(f"[recover {name}] resuming at iteration {start}/{cfg.iterations}")
+
+  def result(params):
+    # With several processes each holds only its devices' subsets: gather them all.
+    out = distributed.to_host(params)[:k]
+    return out[:, :c] if per_class else out
+
   if start >= cfg.iterations:
     if ckpt is not None:
       ckpt.close()
-    return distributed.to_host(params)[:k]
+    return result(params)
 
   first_layer = bn_stats.bn_layer_order(teacher.model, teacher.variables, (c, *image_shape))[0]
   bounds = None
@@ -364,10 +548,20 @@ def recover_teacher(
     mean = np.asarray(teacher.metadata["mean"], np.float32)
     std = np.asarray(teacher.metadata["std"], np.float32)
     bounds = ((np.float32(0.0) - mean) / std, (np.float32(1.0) - mean) / std)
-  step = make_step(teacher.model, cfg, first_layer, tx, teacher_index, bounds)
+  step = make_step(
+    teacher.model, cfg, first_layer, tx, teacher_index, bounds, mesh=mesh if split else None
+  )
+  if split:
+    log(
+      f"[recover {name}] {groups} subset group(s) x {mesh.shape[train.IMAGE_AXIS]} image "
+      f"shards: {-(-k // groups)} subset(s) of {c_pad // mesh.shape[train.IMAGE_AXIS]} "
+      "images per device"
+    )
   variables = jax.device_put(teacher.variables, repl)
-  base_d = jax.device_put(_pad_subsets(base.astype(np.float32), mesh.size), shard)
-  labels_d = jax.device_put(_pad_subsets(labels.astype(np.int32), mesh.size), shard)
+  base_d = _pad_subsets(_pad_classes(base.astype(np.float32), c_pad, 0), groups)
+  labels_d = _pad_subsets(_pad_classes(labels.astype(np.int32), c_pad, -1), groups)
+  base_d = jax.device_put(base_d, image_shard)
+  labels_d = jax.device_put(labels_d, image_shard)
 
   def check_finite(metrics, it):
     # Every process gathers the losses, so all of them stop together on a bad one.
@@ -406,15 +600,14 @@ def recover_teacher(
       ckpt.save(
         done,
         {"params": params, "opt_state": opt_state},
-        {"iteration": done, "padded_subsets": padded},
+        {"iteration": done, "padded_subsets": padded, "padded_classes": padded_classes},
         identity,
       )
   check_finite(metrics, cfg.iterations)
   jax.block_until_ready(params)
   if ckpt is not None:
     ckpt.close()
-  # With several processes each holds only its devices' subsets: gather them all.
-  return distributed.to_host(params)[:k]
+  return result(params)
 
 
 def recover_all(

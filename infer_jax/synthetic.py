@@ -262,7 +262,7 @@ def _check_float(name: str, a: np.ndarray | None, shape: tuple[int, ...], doc: s
       "array or the metadata (K, M, num_classes, image_shape)."
     )
   # A NaN/inf would silently poison every student trained on the set.
-  if not np.isfinite(a.astype(np.float32)).all():
+  if not np.isfinite(a.astype(np.float32, copy=False)).all():
     raise InputError(
       f"{name} holds NaN or infinite values; the run that produced them diverged. "
       "Regenerate the set (e.g. with a lower learning rate)."
@@ -291,6 +291,27 @@ def _to_json(metadata: Mapping[str, Any]) -> str:
 def normalize_metadata(metadata: Mapping[str, Any]) -> dict:
   """``metadata`` as :func:`load` returns it: a JSON round trip (tuples become lists)."""
   return json.loads(_to_json(metadata))
+
+
+# Settings recorded in a set's metadata (provenance) that only say how the set was computed,
+# not what it is: how a subset's images were split over devices, whether the teacher's
+# blocks were recomputed in the backward pass, how often recover checkpointed and logged.
+# They change the result by float rounding at most, so a set, a resumed run or a summary row
+# made with other values is still the same one. Sets written before a setting existed lack it.
+EXECUTION_SETTINGS: dict[str, tuple[str, ...]] = {
+  "recover": ("image_shards", "remat", "checkpoint_every", "log_every"),
+}
+
+
+def comparable_metadata(metadata: Mapping[str, Any]) -> dict:
+  """``metadata`` (JSON round-tripped) without :data:`EXECUTION_SETTINGS`: what two sets must
+  share to be the same set. Used by :func:`load`'s ``expected`` check and by the row
+  fingerprints of a comparison's summary."""
+  out = normalize_metadata(metadata)
+  for section, keys in EXECUTION_SETTINGS.items():
+    if isinstance(out.get(section), dict):
+      out[section] = {k: v for k, v in out[section].items() if k not in keys}
+  return out
 
 
 def cast(
@@ -634,7 +655,7 @@ def load(path: str, *, expected: Mapping[str, Any] | None = None) -> SyntheticSe
     path: the ``.npz`` file.
     expected: metadata values the set must have, e.g. ``{'dataset': 'cifar10',
       'num_classes': 10, 'image_shape': (32, 32, 3)}`` (compared after a JSON round trip,
-      so tuples match lists).
+      so tuples match lists; :data:`EXECUTION_SETTINGS` are not compared).
 
   Returns:
     The set; ``metadata`` is the stored JSON (tuples come back as lists).
@@ -702,11 +723,12 @@ def load(path: str, *, expected: Mapping[str, Any] | None = None) -> SyntheticSe
   except InputError as e:
     raise _corrupt(path, f"its arrays are inconsistent ({e})") from e
   if expected:
-    want = normalize_metadata(expected)
+    # Execution settings (EXECUTION_SETTINGS) are recorded but not compared.
+    want, have = comparable_metadata(expected), comparable_metadata(metadata)
     diffs = [
-      f"{key}: file has {metadata.get(key, '<missing>')!r}, expected {value!r}"
+      f"{key}: file has {have.get(key, '<missing>')!r}, expected {value!r}"
       for key, value in want.items()
-      if metadata.get(key) != value
+      if have.get(key) != value
     ]
     if diffs:
       raise InputError(

@@ -47,7 +47,9 @@ def _workdir(tmp_path, teachers_dir, name="w"):
 
 def test_distill_end_to_end_and_reuse(tmp_path, teachers_dir, capsys):
   work = _workdir(tmp_path, teachers_dir)
-  summary = distill.distill(distill_config(work))
+  first = distill_config(work)
+  first.recover.image_shards = 1
+  summary = distill.distill(first)
   assert summary["K"] == 8 and summary["M"] == 2 and summary["complete"]
   rows = {r["key"]: r for r in summary["rows"]}
   infer, random = rows["infer"], rows["random"]
@@ -75,10 +77,22 @@ def test_distill_end_to_end_and_reuse(tmp_path, teachers_dir, capsys):
   assert len(list(png.glob("*/*.png"))) == 8 * 3 * 10
   assert export.main([str(work / "synthetic" / "infer.npz"), str(png)]) == 2  # never overwrites
   capsys.readouterr()
-  distill.distill(distill_config(work))  # second run reuses teachers and the set
+  # The second run reuses teachers, the set and the rows although recover would split its
+  # subsets 2 ways with rematerialised teachers (execution settings, not the set's identity).
+  again = distill_config(work)
+  again.recover.image_shards, again.recover.remat = 2, "blocks"
+  distill.distill(again)
   out = capsys.readouterr().out
   assert "not retraining" in out and "reusing the synthetic set" in out
   assert out.count("kept from") == 2  # both rows were already in summary.json
+  # ... and so does a set written before these settings were recorded.
+  legacy = synthetic.load(str(work / "synthetic" / "infer.npz"))
+  for key in ("image_shards", "remat"):
+    del legacy.metadata["recover"][key]
+  synthetic.save(str(work / "synthetic" / "infer.npz"), legacy)
+  distill.distill(again)
+  out = capsys.readouterr().out
+  assert "reusing the synthetic set" in out and out.count("kept from") == 2
 
 
 @pytest.mark.slow

@@ -333,6 +333,20 @@ def test_wrong_expected_metadata_is_refused(tmp_path):
     synthetic.load(path, expected={"seed": 0})
 
 
+def test_recover_execution_settings_are_recorded_but_not_compared(tmp_path):
+  """A set recovered on one device (written before image_shards / remat existed) matches a
+  run that splits subsets 2 ways with remat; a different learning rate does not."""
+  path = str(tmp_path / "set.npz")
+  s = _random_set()
+  s.metadata["recover"] = {"iterations": 20, "lr": 0.25, "checkpoint_every": 10}
+  synthetic.save(path, s)
+  run = {"iterations": 20, "lr": 0.25, "checkpoint_every": 5, "image_shards": 2}
+  loaded = synthetic.load(path, expected={"recover": {**run, "remat": "blocks"}})
+  assert loaded.metadata["recover"]["checkpoint_every"] == 10  # the file's own provenance
+  with pytest.raises(InputError, match=r"recover: file has \{'iterations': 20, 'lr': 0.25\}"):
+    synthetic.load(path, expected={"recover": {**run, "lr": 0.1}})
+
+
 @pytest.mark.parametrize(
   ("change", "message"),
   [

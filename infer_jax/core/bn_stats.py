@@ -29,6 +29,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import traverse_util
 
@@ -38,11 +39,19 @@ Path = tuple[str, ...]
 PyTree = Any
 
 
-def _input_moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _input_moments(
+  x: jax.Array, axis_name: str | None = None, weights: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
   """Per-channel mean and biased variance over every axis but the last.
 
   Args:
     x: ``[N, H, W, C]`` (or any ``[..., C]``) BatchNorm input.
+    axis_name: a mesh axis (inside ``shard_map``) over which the N images are split; the
+      moments are then those of all images of every device on that axis, reduced with
+      ``psum`` -- the same two-pass mean and variance as on one device, summed in another
+      order. None: the images of this array only.
+    weights: ``[N]`` 0/1 per image (only with ``axis_name``): images of weight 0 are
+      padding and count nowhere.
 
   Returns:
     ``(mean [C], var [C])`` in at least float32 (bf16/f16 inputs are promoted), because
@@ -50,10 +59,20 @@ def _input_moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   """
   x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
   axes = tuple(range(x.ndim - 1))
-  mean = jnp.mean(x, axis=axes)
-  # Two-pass variance: the one-pass E[x^2] - E[x]^2 loses precision when the mean is
-  # large relative to the spread, which is exactly what the loss is sensitive to.
-  var = jnp.mean(jnp.square(x - mean), axis=axes)
+  if axis_name is None:
+    mean = jnp.mean(x, axis=axes)
+    # Two-pass variance: the one-pass E[x^2] - E[x]^2 loses precision when the mean is
+    # large relative to the spread, which is exactly what the loss is sensitive to.
+    var = jnp.mean(jnp.square(x - mean), axis=axes)
+    return mean, var
+  # Split over devices: sums of this device's images, added over the axis, over the global
+  # count. Still two passes (the global mean first), so it is the one-device variance.
+  w = jnp.ones(x.shape[:1], x.dtype) if weights is None else weights.astype(x.dtype)
+  w = w.reshape(w.shape + (1,) * (x.ndim - 1))
+  per_image = float(np.prod(x.shape[1:-1], dtype=np.int64))
+  count = jax.lax.psum(jnp.sum(w) * per_image, axis_name)
+  mean = jax.lax.psum(jnp.sum(x * w, axis=axes), axis_name) / count
+  var = jax.lax.psum(jnp.sum(jnp.square(x - mean) * w, axis=axes), axis_name) / count
   return mean, var
 
 
@@ -65,6 +84,24 @@ def _bn_input(args: tuple, kwargs: dict) -> jax.Array:
   return args[0] if args else kwargs["x"]
 
 
+# Leaf layers: never "blocks" for rematerialisation (their outputs are what a block's
+# recomputation rebuilds).
+_LEAF_LAYERS = (nn.BatchNorm, nn.Conv, nn.Dense, nn.Dropout)
+REMAT = ("none", "blocks")
+
+
+def _is_block_call(context: Any) -> bool:
+  """A direct child of the top-level model (a residual / inverted-residual block, a stem
+  layer) called as a whole: the boundaries kept by ``remat='blocks'``."""
+  module = context.module
+  return (
+    context.method_name == "__call__"
+    and len(module.path) == 1
+    and not isinstance(module, _LEAF_LAYERS)
+    and type(module).__name__ != "Conv2D"
+  )
+
+
 def capture_bn_statistics(
   model: nn.Module,
   variables: Mapping[str, PyTree],
@@ -72,6 +109,9 @@ def capture_bn_statistics(
   *,
   train: bool = False,
   rngs: Mapping[str, jax.Array] | None = None,
+  axis_name: str | None = None,
+  weights: jax.Array | None = None,
+  remat: str = "none",
 ) -> tuple[jax.Array, PyTree]:
   """Runs ``model`` and records the input moments of every BatchNorm layer that runs.
 
@@ -84,16 +124,30 @@ def capture_bn_statistics(
       inference mode (False); True is useful to cross-check against Flax's own
       batch statistics. Running statistics are not updated either way.
     rngs: PRNG keys for stochastic layers when ``train`` is True (e.g. 'dropout').
+    axis_name: mesh axis (inside ``shard_map``) over which the images of one batch are
+      split: the recorded moments are over all of them (see :func:`_input_moments`).
+    weights: ``[N]`` 0/1 per image with ``axis_name``: 0 marks padding images.
+    remat: 'none', or 'blocks': every top-level block of the model (a direct child that is
+      not a single layer: residual and inverted-residual blocks) runs under Flax's lifted
+      ``nn.remat`` (``jax.checkpoint``), so a gradient taken through this call keeps only
+      the blocks' inputs and recomputes their inside during the backward pass, for about
+      one more forward pass of compute. The values and gradients are the same computation.
 
   Returns:
     ``(logits [N, num_classes], stats)`` where ``stats`` mirrors the structure of
     ``variables['batch_stats']`` for the BatchNorm layers that ran, with float32 leaves
     ``mean [C_l]`` and ``var [C_l]`` (biased).
   """
+  if remat not in REMAT:
+    raise ValueError(f"remat must be one of {REMAT}, got {remat!r}.")
+
+  in_block = [False]
 
   def record(next_fun, args, kwargs, context):
+    if remat == "blocks" and not in_block[0] and _is_block_call(context):
+      return _rematerialised_call(context.module, args, kwargs, in_block)
     if _is_bn_call(context):
-      mean, var = _input_moments(_bn_input(args, kwargs))
+      mean, var = _input_moments(_bn_input(args, kwargs), axis_name, weights)
       context.module.put_variable(BN_INPUT_STATS, "mean", mean)
       context.module.put_variable(BN_INPUT_STATS, "var", var)
     return next_fun(*args, **kwargs)
@@ -102,6 +156,26 @@ def capture_bn_statistics(
   with nn.intercept_methods(record):
     logits, collections = model.apply(dict(variables), x, train=train, mutable=mutable, rngs=rngs)
   return logits, collections.get(BN_INPUT_STATS, {})
+
+
+def _rematerialised_call(module: nn.Module, args: tuple, kwargs: dict, in_block: list) -> Any:
+  """Calls the block ``module`` under Flax's lifted ``nn.remat`` (``jax.checkpoint``): its
+  backward pass recomputes the block's inside from its input instead of keeping it.
+
+  Only the array input is an argument of the checkpointed function; the rest (``train``
+  flags) stays static. ``in_block`` stops the interceptor from wrapping the block again when
+  the lifted function calls it.
+  """
+  x, rest = args[0], args[1:]
+
+  def body(block, x):
+    in_block[0] = True
+    try:
+      return block(x, *rest, **kwargs)
+    finally:
+      in_block[0] = False
+
+  return nn.remat(body)(module, x)
 
 
 def bn_layer_order(
@@ -199,6 +273,9 @@ def teacher_loss(
   r_bn: float,
   first_layer: Path | None,
   first_multiplier: float = 10.0,
+  axis_name: str | None = None,
+  weights: jax.Array | None = None,
+  remat: str = "none",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """INFER's per-teacher objective on one batch: mean CE + r_bn * BN-matching loss.
 
@@ -212,13 +289,24 @@ def teacher_loss(
     r_bn: weight of the BN-matching term.
     first_layer: path of the first BatchNorm layer (see :func:`bn_layer_order`).
     first_multiplier: weight of the first BatchNorm layer's term.
+    axis_name: mesh axis (inside ``shard_map``) over which the batch's images are split:
+      BN statistics and the CE mean are over the images of every device on it (psum).
+    weights: ``[N]`` 0/1 per image with ``axis_name`` (0: padding, counted nowhere).
+    remat: 'none' or 'blocks' (see :func:`capture_bn_statistics`).
 
   Returns:
     ``(loss, aux)``: scalar loss, and ``aux = {'ce': [], 'bn': [], 'logits': [N, classes]}``.
   """
-  logits, stats = capture_bn_statistics(model, variables, x, train=False)
+  logits, stats = capture_bn_statistics(
+    model, variables, x, train=False, axis_name=axis_name, weights=weights, remat=remat
+  )
   logits32 = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
-  ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits32, labels))
+  per_image = optax.softmax_cross_entropy_with_integer_labels(logits32, labels)
+  if axis_name is None:
+    ce = jnp.mean(per_image)
+  else:
+    w = jnp.ones_like(per_image) if weights is None else weights.astype(per_image.dtype)
+    ce = jax.lax.psum(jnp.sum(per_image * w), axis_name) / jax.lax.psum(jnp.sum(w), axis_name)
   bn = bn_matching_loss(
     stats, variables["batch_stats"], first_layer=first_layer, first_multiplier=first_multiplier
   )

@@ -70,6 +70,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.recover.augment = "roll"  # roll | rrc_flip_roll | none
   c.recover.checkpoint_every = 100
   c.recover.log_every = 100
+  # Devices per subset (its C images split over them; docs/scaling.md): 0 = automatic.
+  c.recover.image_shards = 0
+  c.recover.remat = "none"  # none | blocks: recompute the teacher's blocks in the backward pass
 
   c.synthetic = ml_collections.ConfigDict()
   # float32 | float16 | bfloat16 | uint8 (affine per compensator: scale and offset float32)

@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from infer_jax.data.pipeline import normalize
+from infer_jax.runtime.errors import InputError
 
 PyTree = Any
 
@@ -54,6 +55,35 @@ def data_mesh(devices=None) -> Mesh:
   devices = jax.devices() if devices is None else devices
   devices = sorted(devices, key=lambda d: (d.process_index, d.id))
   return Mesh(np.asarray(devices), ("data",))
+
+
+# Recover's two-axis mesh: subsets over SUBSET_AXIS (the 'data' axis of one-axis meshes),
+# each subset's images over IMAGE_AXIS.
+SUBSET_AXIS = "data"
+IMAGE_AXIS = "images"
+
+
+def subset_image_mesh(devices, image_shards: int) -> Mesh:
+  """A ``[D / image_shards, image_shards]`` mesh with axes ('data', 'images').
+
+  Args:
+    devices: the D devices, e.g. ``data_mesh().devices`` (ordered by process); row r of the
+      mesh is devices ``r * image_shards ... (r + 1) * image_shards - 1``, so a subset's
+      devices are adjacent (on one host whenever ``image_shards`` <= its device count).
+    image_shards: devices per subset; must divide D.
+
+  Raises:
+    InputError: ``image_shards`` does not divide D (one line, naming the divisors).
+  """
+  devices = np.asarray(devices).reshape(-1)
+  d = devices.size
+  if image_shards < 1 or d % image_shards:
+    divisors = [i for i in range(1, d + 1) if d % i == 0]
+    raise InputError(
+      f"recover.image_shards={image_shards} does not divide the {d} devices of this run; "
+      f"use one of {divisors} (or 0 to choose automatically)."
+    )
+  return Mesh(devices.reshape(d // image_shards, image_shards), (SUBSET_AXIS, IMAGE_AXIS))
 
 
 def one_step_in_flight(mesh: Mesh) -> bool:
