@@ -3,8 +3,8 @@
 Each case builds ``nn.Conv`` exactly as the models used to (symmetric ``kernel // 2``
 padding, ``conv_init``) and the ``Conv2D`` returned by ``common.conv``, runs both on the
 same parameters and compares outputs, input gradients and parameter gradients, for the
-forced CPU forms ('shifted' depthwise, 'matmul' 1x1) and forced 'xla'; 'auto' is checked to
-compile to the CPU forms here and to agree with both.
+forced CPU forms ('shifted' depthwise, 'matmul' 1x1, 'taps' weight gradient of dense k x k)
+and forced 'xla'; 'auto' is checked to compile to the CPU forms here and to agree with both.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ CASES = {
   "group1_s2_7": (8, 6, 1, 2, 2, 7, False),
   "group3_s1_7": (8, 6, 3, 1, 2, 7, False),
 }
-# Implementation pairs (depthwise, pointwise) forced through the module attributes. 'auto'
-# is the first pair on CPU (test_auto_uses_direct_forms_on_cpu_and_lax_conv_otherwise).
-IMPLS = [("shifted", "matmul"), ("xla", "xla")]
+# Implementations (depthwise, pointwise, dense) forced through the module attributes. 'auto'
+# is the first triple on CPU (test_auto_lowers_direct_forms_for_cpu_and_lax_conv_for_...).
+IMPLS = [("shifted", "matmul", "taps"), ("xla", "xla", "xla")]
 
 
 def reference_conv(features, kernel, stride, groups, use_bias, dtype=jnp.float32):
@@ -81,7 +81,7 @@ def init(module, x):
   Parameters are created before any implementation is chosen, and one conv op is far cheaper
   to dispatch eagerly than k*k slices or a platform cond.
   """
-  with conv_impl(depthwise="xla", pointwise="xla"):
+  with conv_impl(depthwise="xla", pointwise="xla", dense="xla"):
     return module.init(KEY, x)
 
 
@@ -109,8 +109,10 @@ def test_matches_nn_conv(case):
   ref = reference_conv(features, kernel, stride, groups, use_bias)
   cotangent = jnp.asarray(rng.normal(size=jax.eval_shape(ref.apply, {"params": params}, x).shape))
   ours = [
-    conv(features, kernel, stride, groups, use_bias, depthwise_impl=dw, pointwise_impl=pw)
-    for dw, pw in IMPLS
+    conv(features, kernel, stride, groups, use_bias, depthwise_impl=dw, pointwise_impl=pw).clone(
+      dense_impl=dense
+    )
+    for dw, pw, dense in IMPLS
   ]
 
   # One compilation per case: op-by-op dispatch of the k*k distinct slices is slower.
@@ -140,15 +142,17 @@ def test_params_match_nn_conv(case):
 
 
 @pytest.mark.parametrize("impl", IMPLS, ids=lambda i: i[0])
-@pytest.mark.parametrize("case", ["dw3_s2_7_bias", "dense1_s1_7_bias", "group1_s1_8_bias"])
+@pytest.mark.parametrize(
+  "case", ["dw3_s2_7_bias", "dense1_s1_7_bias", "group1_s1_8_bias", "dense3_s2_8"]
+)
 def test_bfloat16_compute_float32_params(case, impl):
   """dtype=bfloat16: bfloat16 activations and input gradients, float32 parameters/gradients."""
   cin, features, kernel, stride, groups, size, _ = CASES[case]
   x = jnp.asarray(np.random.default_rng(1).normal(size=(2, size, size, cin)), jnp.float32)
-  dw, pw = impl
+  dw, pw, dense = impl
   ours = conv(
     features, kernel, stride, groups, dtype=jnp.bfloat16, depthwise_impl=dw, pointwise_impl=pw
-  )
+  ).clone(dense_impl=dense)
   ref = reference_conv(features, kernel, stride, groups, False, dtype=jnp.bfloat16)
   params = init(ours, x)["params"]
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
@@ -207,17 +211,46 @@ def test_auto_lowers_direct_forms_for_cpu_and_lax_conv_for_accelerators():
   assert _lowers_to_conv([conv(6, 3), conv(6, 3, groups=2)], x, "cpu")
 
 
+def _count_convs(module, x, platform: str, **override) -> int:
+  """StableHLO convolutions in the forward + input and weight gradients of ``module``."""
+  variables = init(module, x)
+
+  def loss(x, variables):
+    return jnp.sum(jnp.sin(module.apply(variables, x)))
+
+  with conv_impl(**override):
+    exported = jax.export.export(jax.jit(jax.grad(loss, argnums=(0, 1))), platforms=[platform])(
+      x, variables
+    )
+  return exported.mlir_module().count("stablehlo.convolution")
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_auto_dense_weight_gradient_is_matmuls_on_cpu_only(stride):
+  """A dense 3x3 convolution keeps lax.conv for its forward pass and input gradient everywhere;
+  on the CPU its weight gradient is the k*k matrix products (2 convolutions, not 3)."""
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 8, 8, 4)), jnp.float32)
+  assert _count_convs(conv(6, 3, stride), x, "cpu") == 2
+  assert _count_convs(conv(6, 3, stride), x, "cpu", dense="xla") == 3
+  for platform in ("cuda", "tpu"):
+    assert _count_convs(conv(6, 3, stride), x, platform) == 3
+
+
 def test_auto_runs_the_direct_form_on_cpu(monkeypatch):
   """What runs, not only what is lowered: a marker added to the direct forms shows up in the
   output of an 'auto' convolution on the CPU, and not in a forced lax.conv one."""
   from infer_jax.models import common
 
   assert jax.default_backend() == "cpu"
-  for name in ("_shifted_depthwise", "_pointwise_matmul"):
+  for name in ("_shifted_depthwise", "_pointwise_matmul", "_dense_taps_grad"):
     real = getattr(common, name)
     monkeypatch.setattr(common, name, lambda *a, _real=real, **k: _real(*a, **k) + 1.0)
   x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 8, 8, 8)), jnp.float32)
-  for module, kind in ((conv(8, 3, 1, groups=8), "depthwise"), (conv(6, 1), "pointwise")):
+  for module, kind in (
+    (conv(8, 3, 1, groups=8), "depthwise"),
+    (conv(6, 1), "pointwise"),
+    (conv(6, 3), "dense"),
+  ):
     variables = init(module, x)
     auto = jax.jit(module.apply)(variables, x)
     with conv_impl(**{kind: "xla"}):
