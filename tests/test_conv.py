@@ -281,3 +281,33 @@ def test_model_logits_unchanged_by_implementation():
   with conv_impl(depthwise="xla", pointwise="xla"):
     ref = jax.jit(logits)(variables, x)
   np.testing.assert_allclose(jax.jit(logits)(variables, x), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_dense_weight_gradient_inside_shard_map_is_summed_over_the_devices():
+  """A dense 3x3 kernel replicated over 8 devices that each convolve 1 of 8 images: its
+  gradient is the sum of the devices' gradients (JAX's own rule for a replicated input),
+  equal to the gradient of the unsplit batch -- the recover step split over an image axis."""
+  from jax.sharding import Mesh
+  from jax.sharding import PartitionSpec as P
+
+  module = conv(8, 3, 1, padding=1)
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(8, 6, 6, 4)), jnp.float32)
+  variables = init(module, x)
+
+  def loss(variables, x):
+    return jnp.sum(jnp.sin(module.apply(variables, x)))
+
+  mesh = Mesh(np.array(jax.devices()[:8]), ("images",))
+
+  def split_loss(variables, x):
+    local = jax.shard_map(
+      lambda v, xs: jax.lax.psum(loss(v, xs), "images"),
+      mesh=mesh,
+      in_specs=(P(), P("images")),
+      out_specs=P(),
+    )
+    return local(variables, x)
+
+  expected = jax.jit(jax.grad(loss, argnums=(0, 1)))(variables, x)
+  got = jax.jit(jax.grad(split_loss, argnums=(0, 1)))(variables, x)
+  assert_close(got, expected)

@@ -1,5 +1,14 @@
 """A subset split over devices (subsets x images mesh) and rematerialised teachers give the
-one-device recover: same per-iteration losses and parameters within 1e-5 relative.
+one-device recover: same per-iteration losses and parameters.
+
+The 20-iteration comparisons run in float64, teachers included (bound 1e-12 relative;
+measured 2e-16 to 5e-16): a split sums the BatchNorm moments and the CE in another order, and
+in float32 that rounding (1e-7) is amplified by Adam's normalised step through gradient
+elements near zero until trajectories part (measured: MobileNetV2 split 4 ways agreed to
+1e-7 for 8 iterations, then to 2e-2 after 20; whether a float32 run parts depended on the
+convolution forms and compile options, as in the float32 parity tests against PyTorch).
+float64 shows the split computes the same thing; production precision is checked on the
+first iteration, within 1e-5 in float32.
 
 Every program here is compiled once and XLA:CPU compiles dominate the time, so the splits
 are spread over the families rather than crossed with them: ResNet 8 ways without remat and
@@ -84,19 +93,29 @@ def _problem(c: int = C, seed: int = 0):
   return rng.normal(size=(K, c, *SHAPE)).astype(np.float32), np.tile(np.arange(c), (K, 1))
 
 
-def _run(teacher, cfg, base, labels, shards: int):
-  """``ITERATIONS`` production steps on one device (shards = 1) or with one group of
-  ``shards`` devices sharing every subset's images; returns (params, {metric: [it, K]})."""
+def _run(teacher, cfg, base, labels, shards: int, dtype=np.float64, iterations=ITERATIONS):
+  """``iterations`` production steps on one device (shards = 1) or with one group of
+  ``shards`` devices sharing every subset's images, computed in ``dtype`` (float64 under
+  ``jax.enable_x64``); returns (params, {metric: [it, K]})."""
+  with jax.enable_x64(dtype == np.float64):
+    return _run_in(teacher, cfg, base, labels, shards, dtype, iterations)
+
+
+def _run_in(teacher, cfg, base, labels, shards, dtype, iterations):
+  # The teacher computes in ``dtype`` (its parameters are stored as float32).
+  model = teacher.model.clone(dtype=dtype)
+  teacher = checkpoint.Teacher(model, teacher.variables, teacher.metadata)
   first = bn_stats.bn_layer_order(teacher.model, teacher.variables, (C, *SHAPE))[0]
   tx = recover.optimizer(cfg)
   bounds = (
-    (0.0 - 0.5) / 0.25 * np.ones(3, np.float32),
-    (1.0 - 0.5) / 0.25 * np.ones(3, np.float32),
+    (0.0 - 0.5) / 0.25 * np.ones(3, dtype),
+    (1.0 - 0.5) / 0.25 * np.ones(3, dtype),
   )
   mesh = None if shards == 1 else train.subset_image_mesh(jax.devices()[:shards], shards)
   step = recover.make_step(teacher.model, cfg, first, tx, clip_bounds=bounds, mesh=mesh)
-  params = recover.init_params(cfg, K, C, SHAPE, 0)
-  variables, base, labels = teacher.variables, jnp.asarray(base), jnp.asarray(labels, jnp.int32)
+  params = recover.init_params(cfg, K, C, SHAPE, 0).astype(dtype)
+  variables = jax.tree.map(lambda a: jnp.asarray(a, dtype), teacher.variables)
+  base, labels = jnp.asarray(base, dtype), jnp.asarray(labels, jnp.int32)
   if mesh is not None:
     images = NamedSharding(mesh, P("data", "images"))
     per_class = cfg.parameterisation == "class_specific"
@@ -107,7 +126,7 @@ def _run(teacher, cfg, base, labels, shards: int):
   it = jnp.int32(0)
   step = step.lower(variables, params, opt, base, labels, it).compile(FAST_COMPILE)
   metrics = {"loss": [], "ce": [], "bn": []}
-  for it in range(ITERATIONS):
+  for it in range(iterations):
     params, opt, m = step(variables, params, opt, base, labels, jnp.int32(it))
     jax.block_until_ready(params)  # XLA:CPU: one multi-device program in flight
     for key in metrics:
@@ -115,12 +134,15 @@ def _run(teacher, cfg, base, labels, shards: int):
   return np.asarray(params), {key: np.stack(v) for key, v in metrics.items()}
 
 
-def _assert_relative(got, want, what):
-  """Every element within 1e-5 of the largest magnitude of ``want`` (relative error)."""
+def _assert_relative(got, want, what, bound=1e-5):
+  """Every element within ``bound`` of the largest magnitude of ``want`` (relative error)."""
   scale = float(np.abs(want).max())
   assert scale > 0, what
   err = float(np.abs(got - want).max()) / scale
-  assert err <= 1e-5, f"{what}: relative difference {err:.2e}"
+  assert err <= bound, f"{what}: relative difference {err:.2e}"
+
+
+F64 = 1e-12  # float64 bound after 20 iterations (measured: 2e-16 to 5e-16)
 
 
 def _cfg(**kw) -> recover.RecoverConfig:
@@ -129,7 +151,7 @@ def _cfg(**kw) -> recover.RecoverConfig:
 
 @functools.cache
 def _one_device(arch: str):
-  """The family's one-device run without remat (compiled and run once per module)."""
+  """The family's one-device float64 run without remat (compiled and run once per module)."""
   base, labels = _problem()
   params, metrics = _run(_teacher(arch), _cfg(jitter=2), base, labels, 1)
   assert np.abs(params).max() > 0 and np.all(np.isfinite(metrics["loss"]))
@@ -142,10 +164,23 @@ def test_a_split_subset_equals_one_device(arch, shards, remat):
   want_params, want = _one_device(arch)
   base, labels = _problem()
   params, got = _run(_teacher(arch), _cfg(jitter=2, remat=remat), base, labels, shards)
-  _assert_relative(params, want_params, f"compensators, {shards} shards, remat {remat}")
+  _assert_relative(params, want_params, f"compensators, {shards} shards, remat {remat}", F64)
   for key in want:
     for it in range(ITERATIONS):
-      _assert_relative(got[key][it], want[key][it], f"{key} at iteration {it}, {shards} shards")
+      what = f"{key} at iteration {it}, {shards} shards"
+      _assert_relative(got[key][it], want[key][it], what, F64)
+
+
+def test_a_split_subset_equals_one_device_in_float32_on_the_first_iteration():
+  """Production precision: ResNet split 8 ways, float32, one iteration."""
+  teacher, cfg = _teacher("resnet_tiny"), _cfg(jitter=2)
+  base, labels = _problem()
+  want_params, want = _run(teacher, cfg, base, labels, 1, np.float32, iterations=1)
+  params, got = _run(teacher, cfg, base, labels, 8, np.float32, iterations=1)
+  assert params.dtype == np.float32
+  _assert_relative(params, want_params, "float32 compensators after one iteration, 8 shards")
+  for key in want:
+    _assert_relative(got[key][0], want[key][0], f"float32 {key} at iteration 0, 8 shards")
 
 
 def test_sre2l_style_class_specific_synthesis_split_equals_one_device():
@@ -155,9 +190,10 @@ def test_sre2l_style_class_specific_synthesis_split_equals_one_device():
   assert cfg.augment == "roll"
   want_params, want = _run(teacher, cfg, base, labels, 1)
   params, got = _run(teacher, cfg, base, labels, 8)
-  _assert_relative(params, want_params, "images, 8 shards")
+  _assert_relative(params, want_params, "images, 8 shards", F64)
   for it in range(ITERATIONS):
-    _assert_relative(got["loss"][it], want["loss"][it], f"loss at iteration {it}, 8 shards")
+    what = f"loss at iteration {it}, 8 shards"
+    _assert_relative(got["loss"][it], want["loss"][it], what, F64)
 
 
 def test_recover_teacher_pads_c_and_k_on_a_subsets_x_images_mesh():

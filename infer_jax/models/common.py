@@ -234,7 +234,21 @@ def _dense_taps_bwd(stride, padding, residuals, dy):
         )
       )
   dw = jnp.stack(taps).reshape(kh, kw, c, features).astype(kernel.dtype)
-  return dx, dw
+  return _sum_to_type_of(dx, x), _sum_to_type_of(dw, kernel)
+
+
+def _sum_to_type_of(cotangent: jnp.ndarray, primal: jnp.ndarray) -> jnp.ndarray:
+  """Inside ``shard_map``: sums a cotangent over the mesh axes it varies along and its primal
+  does not (e.g. the weight gradient of a kernel replicated over devices that each hold some
+  of the images), as JAX's own transpose of the implicit broadcast does. A custom VJP must
+  return cotangents of its primals' types. Outside ``shard_map``: the identity."""
+  extra = _varying_axes(cotangent) - _varying_axes(primal)
+  return lax.psum(cotangent, tuple(sorted(extra))) if extra else cotangent
+
+
+def _varying_axes(a: jnp.ndarray) -> frozenset:
+  """The ``shard_map`` mesh axes along which ``a`` differs between devices (empty outside)."""
+  return jax.typeof(a).manual_axis_type.varying
 
 
 _dense_taps_grad.defvjp(_dense_taps_fwd, _dense_taps_bwd)
