@@ -397,7 +397,10 @@ def auto_image_shards(teacher: checkpoint.Teacher, k: int, c: int, image_shape, 
     I, a divisor of ``len(devices)``.
   """
   devices = list(np.asarray(devices).reshape(-1))
-  stats = devices[0].memory_stats() or {}
+  # This process's own device (another host's cannot be asked): every process decides
+  # alone, so the devices of a slice are assumed alike, as every multi-host run assumes.
+  local = next(d for d in devices if d.process_index == jax.process_index())
+  stats = local.memory_stats() or {}
   limit = stats.get("bytes_limit")
   if not limit:
     return 1

@@ -276,17 +276,21 @@ def _recover_steps(workdir) -> list[int]:
 
 @pytest.mark.slow
 def test_two_processes_match_one_and_resume_after_a_kill(tmp_path):
-  # Two processes x two CPU devices, from an empty workdir (teacher training included).
+  # Two processes x four CPU devices, from an empty workdir (teacher training included).
+  # Recover first splits every subset's images over all 8 devices, so a subset spans both
+  # processes; the relaunch after the kill uses the default split (the 7 subsets over the
+  # devices, each subset on one device): resuming on another split gives the same set.
   work = tmp_path / "two"
   command = ["bash", str(LAUNCH), "2", "configs/tiny.py", *TINY[1:], f"--config.workdir={work}"]
+  spanning = [*command, "--config.recover.image_shards=8"]
 
   # First attempt: every process kills itself (SIGKILL, as a preemption) right after the
   # first recover checkpoint, a fixed point whatever the machine's load; the launcher then
   # stops and reports the job.
   first = subprocess.Popen(
-    command,
+    spanning,
     cwd=REPO,
-    env=_env(CPU_DEVICES="2", **{checkpoint.STOP_AFTER_CHECKPOINT_ENV: "recover:1"}),
+    env=_env(CPU_DEVICES="4", **{checkpoint.STOP_AFTER_CHECKPOINT_ENV: "recover:1"}),
     stdout=subprocess.DEVNULL,
     stderr=subprocess.DEVNULL,
     start_new_session=True,
@@ -297,16 +301,18 @@ def test_two_processes_match_one_and_resume_after_a_kill(tmp_path):
     if first.poll() is None:
       os.killpg(first.pid, signal.SIGKILL)
   assert first.returncode == 128 + signal.SIGKILL, (work / "logs" / "process_0.log").read_text()
-  assert _recover_steps(work) == [4], (work / "logs" / "process_0.log").read_text()[-3000:]
+  killed_log = (work / "logs" / "process_0.log").read_text()
+  assert _recover_steps(work) == [4], killed_log[-3000:]
+  assert "1 subset group(s) x 8 image shards" in killed_log, killed_log[-3000:]
   assert not (work / "synthetic" / "infer.npz").exists()
 
   # Second attempt, same command: resumes and completes.
   second = subprocess.run(
-    command, cwd=REPO, env=_env(CPU_DEVICES="2"), capture_output=True, text=True, timeout=300
+    command, cwd=REPO, env=_env(CPU_DEVICES="4"), capture_output=True, text=True, timeout=300
   )
   assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
   log0 = (work / "logs" / "process_0.log").read_text()
-  assert "process 0 of 2: 2 local / 4 global cpu devices" in log0
+  assert "process 0 of 2: 4 local / 8 global cpu devices" in log0
   assert "found a finished teacher" in log0 and "resuming at iteration" in log0
   assert (work / "summary.json").exists()
   assert not list(work.rglob("*.tmp-*"))
