@@ -2,7 +2,7 @@
 
 Command (from the repository root, with the ``[torch]`` extra installed)::
 
-    python benchmarks/vs_pytorch.py --quick        # every row, 3 blocks of 1 call a side (~5 min)
+    python benchmarks/vs_pytorch.py --quick        # every row, 3 blocks of 1 call (> 9 min)
     python benchmarks/vs_pytorch.py                # every row, 5 blocks of 2 calls a side
     python benchmarks/vs_pytorch.py --stages student --archs resnet18 --blocks 7
     python benchmarks/vs_pytorch.py --smoke        # tiny networks, 1 block: checks the wiring
