@@ -143,6 +143,18 @@ def _accumulation_dtype(dtype: Any) -> Any:
   return jnp.promote_types(dtype, jnp.float32)
 
 
+def _tap_patch(xp: jnp.ndarray, i: int, j: int, ho: int, wo: int, stride: int) -> jnp.ndarray:
+  """``[N, H', W', C]``: the pixels of the padded input ``xp`` that kernel tap ``(i, j)``
+  reads; output pixel (a, b) reads padded pixel (a * stride + i, b * stride + j)."""
+  n, _, _, c = xp.shape
+  return lax.slice(
+    xp,
+    (0, i, j, 0),
+    (n, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, c),
+    (1, stride, stride, 1),
+  )
+
+
 def _shifted_depthwise(
   x: jnp.ndarray, kernel: jnp.ndarray, stride: int, padding: int
 ) -> jnp.ndarray:
@@ -171,14 +183,7 @@ def _shifted_depthwise(
   y = None
   for i in range(kh):
     for j in range(kw):
-      # Output pixel (a, b) reads padded pixel (a * stride + i, b * stride + j).
-      patch = lax.slice(
-        xp,
-        (0, i, j, 0),
-        (n, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, c),
-        (1, stride, stride, 1),
-      )
-      term = patch * taps[i, j, 0]
+      term = _tap_patch(xp, i, j, ho, wo, stride) * taps[i, j, 0]
       y = term if y is None else y + term
   return y.astype(x.dtype)
 
@@ -222,12 +227,7 @@ def _dense_taps_bwd(stride, padding, residuals, dy):
   taps = []
   for i in range(kh):
     for j in range(kw):
-      patch = lax.slice(
-        xp,
-        (0, i, j, 0),
-        (n, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, c),
-        (1, stride, stride, 1),
-      )
+      patch = _tap_patch(xp, i, j, ho, wo, stride)
       taps.append(
         lax.dot_general(
           patch.reshape(n * ho * wo, c), d2, (((0,), (0,)), ((), ())), preferred_element_type=acc
