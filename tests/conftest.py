@@ -72,3 +72,22 @@ def shared_data() -> pathlib.Path:
       "real-data integration tests read it: place the shared data folder beside the checkout",
     )
   return SHARED_DATA
+
+
+def toy_teacher_metadata(arch: str, num_classes: int, image_shape) -> dict:
+  """Metadata of an untrained test teacher of ``arch`` on the 'toy' dataset (CIFAR stem,
+  full width, normalisation mean 0.5 / std 0.25 per channel)."""
+  from infer_jax.runtime import checkpoint
+
+  return checkpoint.teacher_metadata(
+    architecture=arch,
+    stem="cifar",
+    width=1.0,
+    num_classes=num_classes,
+    image_shape=image_shape,
+    dataset="toy",
+    mean=(0.5,) * 3,
+    std=(0.25,) * 3,
+    test_accuracy=None,
+    source="test",
+  )

@@ -15,6 +15,7 @@ from infer_jax import models, recover, relabel
 from infer_jax.core import augment, bn_stats, subsets
 from infer_jax.runtime import checkpoint
 from infer_jax.runtime.errors import InputError
+from tests.conftest import toy_teacher_metadata
 
 SHAPE = (8, 8, 3)
 C = 4
@@ -95,18 +96,7 @@ def teacher():
     return jnp.asarray(rng.uniform(0.5, 1.5, a.shape), jnp.float32)
 
   stats = jax.tree_util.tree_map_with_path(draw, v["batch_stats"])
-  meta = checkpoint.teacher_metadata(
-    architecture="resnet_tiny",
-    stem="cifar",
-    width=1.0,
-    num_classes=C,
-    image_shape=SHAPE,
-    dataset="toy",
-    mean=(0.5,) * 3,
-    std=(0.25,) * 3,
-    test_accuracy=None,
-    source="test",
-  )
+  meta = toy_teacher_metadata("resnet_tiny", C, SHAPE)
   return checkpoint.Teacher(
     model=model, variables={"params": v["params"], "batch_stats": stats}, metadata=meta
   )

@@ -32,6 +32,7 @@ from infer_jax import models, recover
 from infer_jax.core import bn_stats
 from infer_jax.runtime import checkpoint, train
 from infer_jax.runtime.errors import InputError
+from tests.conftest import toy_teacher_metadata
 
 SHAPE = (8, 8, 3)
 C = 8  # divisible by 2, 4 and 8 image shards
@@ -73,18 +74,7 @@ def _teacher(arch: str, c: int = C) -> checkpoint.Teacher:
     fan_in = int(np.prod(a.shape[:-1]))
     return jnp.asarray(rng.normal(0, np.sqrt(2 / fan_in), a.shape), jnp.float32)
 
-  meta = checkpoint.teacher_metadata(
-    architecture=arch,
-    stem="cifar",
-    width=1.0,
-    num_classes=c,
-    image_shape=SHAPE,
-    dataset="toy",
-    mean=(0.5,) * 3,
-    std=(0.25,) * 3,
-    test_accuracy=None,
-    source="test",
-  )
+  meta = toy_teacher_metadata(arch, c, SHAPE)
   return checkpoint.Teacher(model, jax.tree_util.tree_map_with_path(draw, shapes), meta)
 
 

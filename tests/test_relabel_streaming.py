@@ -10,6 +10,7 @@ import pytest
 
 from infer_jax import models, relabel, synthetic
 from infer_jax.runtime import checkpoint
+from tests.conftest import toy_teacher_metadata
 
 SHAPE = (16, 16, 3)
 C = 4
@@ -20,18 +21,7 @@ BATCH = 64
 @pytest.fixture(scope="module")
 def teachers():
   model = models.create_model("resnet_tiny", C)
-  meta = checkpoint.teacher_metadata(
-    architecture="resnet_tiny",
-    stem="cifar",
-    width=1.0,
-    num_classes=C,
-    image_shape=SHAPE,
-    dataset="toy",
-    mean=(0.5,) * 3,
-    std=(0.25,) * 3,
-    test_accuracy=None,
-    source="test",
-  )
+  meta = toy_teacher_metadata("resnet_tiny", C, SHAPE)
   init = jax.jit(lambda k: model.init(k, jnp.zeros((1, *SHAPE)), train=False))
   return [checkpoint.Teacher(model, init(jax.random.key(s, impl="rbg")), meta) for s in (1, 2)]
 
