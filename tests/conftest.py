@@ -12,9 +12,12 @@ A test that needs something optional (``../shared/data``, torch, safetensors) ca
 everything.
 """
 
+import atexit
 import importlib
 import os
 import pathlib
+import shutil
+import tempfile
 import types
 
 os.environ["XLA_FLAGS"] = (
@@ -24,6 +27,16 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 # The fake devices above are CPU devices: on a machine with a GPU, JAX would otherwise pick it.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One compilation cache for the whole test session, in a fresh folder: the many tests (and
+# the subprocesses of the end-to-end tests, which inherit these variables) that build the
+# same programs -- a teacher's train step, a recover step, a student step -- compile each
+# once. A cache entry is the executable XLA built for that exact program and these flags,
+# so results are unchanged; a fresh folder per session keeps runs independent of each other.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="infer-jax-test-xla-cache-")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
 
