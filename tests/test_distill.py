@@ -20,7 +20,7 @@ TEACHERS = "resnet_tiny,convnet_tiny"  # M = 2: with ipc 10 and 10 classes, K = 
 
 def distill_config(workdir, methods="random,infer", seeds=1, **recover):
   c = tiny_config(workdir, teachers=TEACHERS, epochs=3)
-  c.recover.iterations = recover.pop("iterations", 20)
+  c.recover.iterations = recover.pop("iterations", 30)
   c.recover.checkpoint_every = recover.pop("checkpoint_every", 10)
   c.recover.log_every = 0
   c.student.epochs = 4
@@ -45,11 +45,26 @@ def _workdir(tmp_path, teachers_dir, name="w"):
   return work
 
 
-def test_distill_end_to_end_and_reuse(tmp_path, teachers_dir, capsys):
-  work = _workdir(tmp_path, teachers_dir)
-  first = distill_config(work)
-  first.recover.image_shards = 1
-  summary = distill.distill(first)
+@pytest.fixture(scope="module")
+def made(tmp_path_factory, teachers_dir):
+  """(workdir, summary) of one distill of Random and INFER with :func:`distill_config`'s
+  settings, made once for the module: tests that start from a finished run copy the workdir
+  (:func:`_copy`) instead of recovering the INFER set again."""
+  work = _workdir(tmp_path_factory.mktemp("made"), teachers_dir)
+  config = distill_config(work)
+  config.recover.image_shards = 1
+  return work, distill.distill(config)
+
+
+def _copy(tmp_path, made, name="w"):
+  work = tmp_path / name
+  shutil.copytree(made[0], work)
+  return work
+
+
+def test_distill_end_to_end_and_reuse(tmp_path, made, capsys):
+  work = _copy(tmp_path, made)
+  summary = made[1]
   assert summary["K"] == 8 and summary["M"] == 2 and summary["complete"]
   rows = {r["key"]: r for r in summary["rows"]}
   infer, random = rows["infer"], rows["random"]
@@ -96,12 +111,11 @@ def test_distill_end_to_end_and_reuse(tmp_path, teachers_dir, capsys):
 
 
 @pytest.mark.slow
-def test_the_whole_comparison_resumes_row_by_row(tmp_path, teachers_dir, capsys):
+def test_the_whole_comparison_resumes_row_by_row(tmp_path, made, capsys):
   # One seed per row: several seeds per set are tested in tests/test_evaluate.py; here a
   # change of the seed count only has to change the rows' fingerprint (at the end).
-  work = _workdir(tmp_path, teachers_dir)
-  first = distill.distill(distill_config(work, methods="random,infer"))
-  capsys.readouterr()
+  work = _copy(tmp_path, made)  # Random and INFER done
+  first = made[1]
   every = "random_hard,random,infer_wo_ufc,sre2l,infer,infer_dyn"
   summary = distill.distill(distill_config(work, methods=every))
   out = capsys.readouterr().out
@@ -135,12 +149,11 @@ def test_the_whole_comparison_resumes_row_by_row(tmp_path, teachers_dir, capsys)
 
 
 @pytest.mark.slow
-def test_sigkill_mid_recover_resumes_to_the_same_synthetic_set(tmp_path, teachers_dir):
-  iterations, every = 30, 10
-  straight = _workdir(tmp_path, teachers_dir, "straight")
-  config = distill_config(straight, iterations=iterations, checkpoint_every=every)
-  config.student.epochs = 1  # the sets are compared, not the students
-  distill.distill(config)
+def test_sigkill_mid_recover_resumes_to_the_same_synthetic_set(tmp_path, teachers_dir, made):
+  # The uninterrupted run is the module's (same teachers, recover settings and seed).
+  straight, config = made[0], distill_config(made[0])
+  iterations, every = config.recover.iterations, config.recover.checkpoint_every
+  assert (iterations, every) == (30, 10)
 
   killed = _workdir(tmp_path, teachers_dir, "killed")
   args = [
@@ -227,9 +240,8 @@ def test_teachers_of_another_setting_are_refused(tmp_path, teachers_dir):
     distill.distill(c)
 
 
-def test_corrupted_synthetic_set_is_refused(tmp_path, teachers_dir):
-  work = _workdir(tmp_path, teachers_dir)
-  distill.distill(distill_config(work, methods="infer"))  # one row: the set is what matters
+def test_corrupted_synthetic_set_is_refused(tmp_path, made):
+  work = _copy(tmp_path, made)
   path = work / "synthetic" / "infer.npz"
   data = path.read_bytes()
   path.write_bytes(data[: len(data) // 2])  # truncated, e.g. by a full disk
@@ -254,13 +266,13 @@ def test_cli_quick_start_command_reports_an_error_cleanly(tmp_path):
   assert result.returncode == 2 and "ipc >= 2" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_distill_both_protocols_full_data_curves_and_scores(tmp_path, teachers_dir):
+def test_distill_both_protocols_full_data_curves_and_scores(tmp_path, made):
   # K = 8, M = 2, student 4 epochs of batch 32. Set sizes: INFER 8 * 3 * 10 = 240 (7 steps
   # per epoch), Random 100 (3), full data 1,438 (44). Hand-computed epochs x steps:
   # same_steps (reference 4 * 7 = 28 steps): INFER 4 x 7 = 28, Random round(28 / 3) = 9 -> 27,
   #   full data round(28 / 44) = 1 -> 44;
   # same_epochs: INFER 4 -> 28 (the same run as same_steps), Random 4 -> 12, full 4 -> 176.
-  work = _workdir(tmp_path, teachers_dir)
+  work = _copy(tmp_path, made)  # the INFER set is reused
   c = distill_config(work, methods="random_hard,random,infer,infer_uint8,full_data")
   c.evaluate.protocol = "both"
   c.evaluate.curve_every = 10
@@ -316,10 +328,10 @@ def test_distill_both_protocols_full_data_curves_and_scores(tmp_path, teachers_d
   assert only["rows"][0]["final_top1"] == rows["full_data", "same_steps"]["final_top1"]
 
 
-def test_rows_without_a_protocol_are_kept_as_same_steps(tmp_path, teachers_dir, capsys):
-  work = _workdir(tmp_path, teachers_dir)
+def test_rows_without_a_protocol_are_kept_as_same_steps(tmp_path, made, capsys):
+  work = _copy(tmp_path, made)
   c = distill_config(work, methods="random")
-  first = distill.distill(c)
+  first = distill.distill(c)  # kept from the module's run
   # Rewrite the summary as older versions wrote it: no protocol, the run as fingerprint.
   path = work / "summary.json"
   old = json.loads(path.read_text())

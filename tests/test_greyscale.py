@@ -18,7 +18,7 @@ import pytest
 from flax import traverse_util
 from PIL import Image
 
-from infer_jax import export, synthetic
+from infer_jax import export, report, synthetic
 from infer_jax.data import pipeline, sources
 from infer_jax.data.types import ArraySource, DatasetInfo
 from infer_jax.models import registry
@@ -275,7 +275,7 @@ def test_png_export_of_a_greyscale_set_is_mode_L(tmp_path):
 
 
 def test_distill_export_report_on_a_greyscale_npz(tmp_path):
-  """A 10-class 16x16 (N, H, W) npz through distill, export and report as a user runs them."""
+  """A 10-class 16x16 (N, H, W) npz through distill (its command line), export and report."""
   rng = np.random.default_rng(0)
   x = rng.integers(0, 60, (10, 6, 16, 16), dtype=np.uint8)
   for c in range(10):  # a bright block whose place is the class
@@ -324,14 +324,15 @@ def test_distill_export_report_on_a_greyscale_npz(tmp_path):
   k, c = np.nonzero(s.source_indices >= 0)
   np.testing.assert_array_equal(s.images[k, c, ..., 0], x[s.source_indices[k, c]])
 
-  run("infer_jax.export", str(workdir / "synthetic" / "infer.npz"), str(tmp_path / "png"))
+  # Export and report in this process: their command lines are these main()s' arguments.
+  assert export.main([str(workdir / "synthetic" / "infer.npz"), str(tmp_path / "png")]) == 0
   pngs = sorted((tmp_path / "png").rglob("*.png"))
   assert len(pngs) == s.num_instances
   for p in pngs:
     with Image.open(p) as img:
       assert img.mode == "L" and img.size == (16, 16)
 
-  run("infer_jax.report", str(workdir / "summary.json"), "--out", str(tmp_path / "r" / "res.md"))
-  report = (tmp_path / "r" / "res.md").read_text()
-  assert "16x16x1" in report
+  assert report.main([str(workdir / "summary.json"), "--out", str(tmp_path / "r" / "res.md")]) == 0
+  markdown = (tmp_path / "r" / "res.md").read_text()
+  assert "16x16x1" in markdown
   assert (tmp_path / "r" / "figures" / "accuracy_vs_compression.png").is_file()
