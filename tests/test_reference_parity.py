@@ -122,10 +122,12 @@ def _cast(tree, dtype: str):
 # --------------------------------------------------------------------------- recover
 
 
-def _recover_cfg(parameterisation: str = "compensator") -> recover.RecoverConfig:
+def _recover_cfg(
+  parameterisation: str = "compensator", iterations: int = ITERATIONS
+) -> recover.RecoverConfig:
   sre2l = parameterisation == "class_specific"
   return recover.RecoverConfig(
-    iterations=ITERATIONS,
+    iterations=iterations,
     lr=LR,
     r_bn=0.01 if sre2l else 1.0,
     jitter=JITTER,
@@ -144,9 +146,12 @@ def _bounds(dtype: str):
 
 
 @functools.cache
-def _recover_step(name: str, dtype: str, parameterisation: str = "compensator"):
-  """One jitted recover step per (model, dtype, parameterisation): ``(step, variables, tx)``."""
-  cfg = _recover_cfg(parameterisation)
+def _recover_step(
+  name: str, dtype: str, parameterisation: str = "compensator", iterations: int = ITERATIONS
+):
+  """One jitted recover step per (model, dtype, parameterisation, schedule length):
+  ``(step, variables, tx)``."""
+  cfg = _recover_cfg(parameterisation, iterations)
   model = _model(name, dtype)
   size = RECOVER_SIZE.get(name, SIZE)
   variables = _cast(_reference(name, 0, size=size)[1], dtype)
@@ -167,8 +172,9 @@ def _recover_problem(size: int = SIZE, seed: int = 1):
 
 
 def _run_ours(name, dtype, parameterisation, images, labels, init, offsets, save_at):
-  """infer-jax's recover step for one subset with the given rolls: (losses, {count: params})."""
-  step, variables, tx = _recover_step(name, dtype, parameterisation)
+  """infer-jax's recover step for one subset with the given rolls, one iteration per roll (the
+  cosine schedule spans them, as on the reference's side): (losses, {count: params})."""
+  step, variables, tx = _recover_step(name, dtype, parameterisation, len(offsets))
   jdt = DTYPES[dtype][0]
   params = jnp.asarray(init[None], jdt)
   opt_state = tx.init(params)
@@ -211,15 +217,18 @@ def test_recover_matches_the_reference(name, dtype):
   """INFER's compensator against one teacher, random rolls, 100 iterations: u after 1, 10
   and 100 iterations and the loss at every iteration within 1e-6 in float64.
 
-  float32: u after the first iteration within 1e-5 and the first loss within 1e-5. Later
-  iterations are printed, not bounded: Adam's normalised step amplifies float32 rounding
-  (summation orders differ between XLA and PyTorch) through gradient elements near zero;
-  measured for ResNet-18: u 1.3e-7 apart after 1, 4.6e-1 after 10 and 4.2e-1 after 100
-  iterations, losses 1.9e-2. float64 shows the algorithm itself is the same."""
+  float32, 10 iterations: u after the first iteration within 1e-5 and the first loss within
+  1e-5. Later iterations are printed, not bounded: Adam's normalised step amplifies float32
+  rounding (summation orders differ between XLA and PyTorch) through gradient elements near
+  zero; measured for ResNet-18 over 100 iterations: u 1.3e-7 apart after 1, 4.6e-1 after 10
+  and 4.2e-1 after 100, losses 1.9e-2 -- the last 90 iterations add nothing a test could
+  bound, so float32 stops at 10. float64 shows the algorithm itself is the same."""
   size = RECOVER_SIZE.get(name, SIZE)
   images, labels, _, offsets = _recover_problem(size)
+  iterations = ITERATIONS if dtype == "float64" else 10
+  offsets = offsets[:iterations]
   init = np.zeros((1, size, size, 3))
-  save_at = (1, 10, ITERATIONS)
+  save_at = tuple(sorted({1, 10, iterations}))
   with jax.enable_x64(dtype == "float64"), jax.default_matmul_precision("highest"):
     ours_loss, ours = _run_ours(name, dtype, "compensator", images, labels, init, offsets, save_at)
   want_loss, want = _run_reference(
@@ -228,7 +237,7 @@ def test_recover_matches_the_reference(name, dtype):
   errors = {f"u@{c}": _rel(ours[c], want[c]) for c in save_at}
   errors["losses"] = _rel(ours_loss, want_loss)
   print(name, dtype, {k: f"{v:.1e}" for k, v in errors.items()})
-  assert np.linalg.norm(want[ITERATIONS]) > 0.1  # the compensator moved
+  assert np.linalg.norm(want[iterations]) > 0.1  # the compensator moved
   if dtype == "float64":
     assert max(errors.values()) <= 1e-6, errors
     np.testing.assert_allclose(ours_loss, want_loss, rtol=1e-6)
