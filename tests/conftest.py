@@ -32,13 +32,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # same programs -- a teacher's train step, a recover step, a student step -- compile each
 # once. A cache entry is the executable XLA built for that exact program and these flags,
 # so results are unchanged; a fresh folder per session keeps runs independent of each other.
+# JAX's defaults keep only programs that took at least a second to compile: the many single
+# operations of un-jitted code are cheaper to rebuild than to write to disk.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="infer-jax-test-xla-cache-")
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
-# Programs that compile in under a second (the many single operations of un-jitted code) are
-# cheaper to rebuild than to write to disk.
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
 
