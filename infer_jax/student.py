@@ -189,16 +189,16 @@ class StudentConfig:
 # Pure numeric core.
 
 
-def make_optimizer(cfg: StudentConfig, total_steps: int) -> optax.GradientTransformation:
-  """The recipe's optimiser, its learning rate cosine-decayed from ``cfg.lr`` to 0.
+def make_optimizer(cfg: StudentConfig, total_steps) -> optax.GradientTransformation:
+  """The recipe's optimiser, its learning rate cosine-decayed from ``cfg.lr`` to 0 over
+  ``total_steps`` (an int, or a traced int32 scalar ``[]``: :func:`train.cosine_decay`).
 
   'adamw': ``optax.adamw`` (decoupled weight decay on every parameter, as
   ``torch.optim.AdamW``); 'sgd': :func:`infer_jax.runtime.train.sgd_optimizer` (momentum, coupled
   weight decay, as ``torch.optim.SGD``).
   """
   if cfg.optimizer == "adamw":
-    schedule = optax.cosine_decay_schedule(cfg.lr, max(total_steps, 1))
-    return optax.adamw(schedule, weight_decay=cfg.weight_decay)
+    return optax.adamw(train.cosine_decay(cfg.lr, total_steps), weight_decay=cfg.weight_decay)
   return train.sgd_optimizer(
     lr=cfg.lr,
     momentum=cfg.momentum,
@@ -231,7 +231,7 @@ def draw_step(cfg: StudentConfig, key: jax.Array, step, image_shape) -> dict:
 
 def make_student_step(
   model,
-  tx: optax.GradientTransformation,
+  tx: optax.GradientTransformation | Callable[[jax.Array], optax.GradientTransformation],
   cfg: StudentConfig,
   *,
   mean: Sequence[float],
@@ -240,7 +240,8 @@ def make_student_step(
   label_mode: str,
   label_fn: Labeller | None = None,
 ):
-  """Builds the jitted ``step(state, batch, key, label_variables, draws) -> (state, {'loss': []})``.
+  """Builds the jitted ``step(state, batch, key, label_variables, draws, total_steps) -> (state,
+  {'loss': []})``.
 
   ``batch = {'image': float32 [B, H, W, 3] (normalised), 'label': int32 [B],
   'soft_label': [B, C]}`` from the input pipeline (``soft_label`` only for static labels),
@@ -250,7 +251,13 @@ def make_student_step(
   randomness is a pure function of ``(key, state.step)``: :func:`draw_step`, drawn inside the
   step unless ``draws`` (tests) gives them. ``cfg.seed`` is not used: the seed is an argument,
   so that one compiled step serves every evaluation seed.
+
+  ``tx`` is the optimiser, or a function ``total_steps -> optimiser`` (as
+  ``functools.partial(make_optimizer, cfg)``); then the step's ``total_steps`` (int32 ``[]``)
+  sets the length of the learning-rate schedule at run time, so that one compiled step also
+  serves every row of a comparison, whatever its number of steps.
   """
+  fixed_tx = isinstance(tx, optax.GradientTransformation)
   _check_label_mode(label_mode, label_fn)
   # Black in normalised space: what padding the [0, 1] image with 0 before normalising gives.
   fill = tuple(-m / s for m, s in zip(mean, std, strict=True))
@@ -273,7 +280,14 @@ def make_student_step(
     key: jax.Array,
     label_variables=None,
     draws=None,
+    total_steps=None,
   ):
+    if fixed_tx != (total_steps is None):
+      raise ValueError(
+        "Pass total_steps to the step exactly when make_student_step got a function "
+        "total_steps -> optimiser instead of an optimiser."
+      )
+    optimizer = tx if fixed_tx else tx(total_steps)
     if draws is None:
       draws = draw_step(cfg, key, state.step, batch["image"].shape)
     # float32 in production; float64 images (reference comparisons under x64) stay float64.
@@ -300,7 +314,7 @@ def make_student_step(
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params, state.batch_stats, images, targets
     )
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(
       step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
@@ -318,25 +332,25 @@ def data_key(seed: int) -> jax.Array:
 @functools.lru_cache(maxsize=4)
 def _compiled_parts(
   cfg: StudentConfig,
-  total_steps: int,
   num_classes: int,
   mean: tuple[float, ...],
   std: tuple[float, ...],
   label_mode: str,
   label_fn: Labeller | None,
 ):
-  """(model, optimiser, jitted train step, eval step) shared by runs that differ only in seed.
+  """(model, optimiser for initialisation, jitted train step, eval step) shared by runs that
+  differ only in seed and length.
 
-  ``cfg`` must have ``seed=0``: the seed enters the step as an argument, so the evaluation
-  seeds of one method reuse one compilation.
+  ``cfg`` must have ``seed=0`` and ``epochs=1``: the seed and the schedule's length enter the
+  step as arguments, so the evaluation seeds of one method, and the methods of one comparison
+  with the same label mode, reuse one compilation.
   """
   model = models.create_model(
     cfg.arch, num_classes, stem=cfg.stem, width=cfg.width, dtype=train.DTYPES[cfg.dtype]
   )
-  tx = make_optimizer(cfg, total_steps)
   step = make_student_step(
     model,
-    tx,
+    functools.partial(make_optimizer, cfg),
     cfg,
     mean=mean,
     std=std,
@@ -344,7 +358,8 @@ def _compiled_parts(
     label_mode=label_mode,
     label_fn=label_fn,
   )
-  return model, tx, step, train.make_eval_step(model, mean=mean, std=std)
+  # The optimiser's state does not depend on the schedule's length: any length initialises it.
+  return model, make_optimizer(cfg, 1), step, train.make_eval_step(model, mean=mean, std=std)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -519,8 +534,7 @@ def train_student(
   total_steps = cfg.epochs * epoch_steps
 
   model, tx, step_fn, eval_step = _compiled_parts(
-    dataclasses.replace(cfg, seed=0),
-    total_steps,
+    dataclasses.replace(cfg, seed=0, epochs=1),
     info.num_classes,
     tuple(map(float, info.mean)),
     tuple(map(float, info.std)),
@@ -528,6 +542,7 @@ def train_student(
     label_fn,
   )
   key = data_key(cfg.seed)
+  schedule_steps = jax.device_put(np.int32(total_steps), train.replicated(mesh))
   label_variables = None
   if label_fn is not None:
     label_variables = jax.device_put(label_fn.variables, train.replicated(mesh))
@@ -573,7 +588,7 @@ def train_student(
   for epoch in range(1, cfg.epochs + 1):
     segment_start = time.perf_counter()
     for i in range(epoch_steps):
-      state, metrics = step_fn(state, next(batches), key, label_variables)
+      state, metrics = step_fn(state, next(batches), key, label_variables, None, schedule_steps)
       epoch_losses.append(metrics["loss"])
       if serialize_steps:
         jax.block_until_ready(state)

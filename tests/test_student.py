@@ -1,6 +1,7 @@
 """The student (evaluation) stage: KL, MixUp, on-device augmentation, training end to end."""
 
 import dataclasses
+import functools
 
 import chex
 import flax.linen as nn
@@ -8,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from infer_jax import models, student
@@ -378,13 +380,31 @@ def test_a_set_smaller_than_the_batch_is_one_clamped_batch_per_epoch():
   assert len(lines) == 2
 
 
-def test_the_step_compiles_once_and_is_a_function_of_seed_and_step(digits):
+def test_cosine_decay_with_a_run_time_length_is_optaxs_schedule():
+  lr = 0.3
+  for total in (1, 7, 100):
+    counts = np.arange(total + 3, dtype=np.int32)
+    # Inside compiled code, as in a step: optax's schedule of a fixed length, and ours with the
+    # length fixed or traced (an argument of the compiled function).
+    want = jax.jit(optax.cosine_decay_schedule(lr, total))(counts)
+    fixed = jax.jit(train.cosine_decay(lr, total))(counts)
+    traced = jax.jit(lambda c, t: train.cosine_decay(lr, t)(c))(counts, np.int32(total))
+    np.testing.assert_array_equal(np.asarray(fixed), np.asarray(want))
+    # XLA simplifies arithmetic with a constant length differently: equal to float32 rounding.
+    np.testing.assert_allclose(np.asarray(traced), np.asarray(want), rtol=0, atol=1e-7)
+  # By hand: lr at 0, lr / 2 half-way, 0 from the end on; a length of 0 counts as 1.
+  by_hand = train.cosine_decay(lr, 10)(np.int32([0, 5, 10, 12]))
+  np.testing.assert_allclose(by_hand, [lr, lr / 2, 0, 0], atol=1e-7)
+  zero = train.cosine_decay(lr, np.int32(0))(np.int32([0, 1]))
+  np.testing.assert_allclose(zero, [lr, 0], atol=1e-7)
+
+
+def test_the_step_compiles_once_and_is_a_function_of_seed_step_and_length(digits):
   info = digits["dataset"].info
   # No augmentation or MixUp: this test is about the step's bookkeeping, and they compile slowly.
   cfg = small_config(batch_size=16, augment="none", mixup_alpha=0.0)
   mesh = train.data_mesh()
   model = models.create_model(cfg.arch, 10)
-  tx = student.make_optimizer(cfg, total_steps=10)
   batch = jax.device_put(
     {
       "image": digits["images"][:16],
@@ -394,21 +414,37 @@ def test_the_step_compiles_once_and_is_a_function_of_seed_and_step(digits):
     train.batch_sharding(mesh),
   )
   step_kwargs = dict(mean=info.mean, std=info.std, num_classes=10, label_mode="static")
+  # As train_student builds it: the optimiser as a function of the schedule's length.
+  step = student.make_student_step(
+    model, functools.partial(student.make_optimizer, cfg), cfg, **step_kwargs
+  )
 
-  step = student.make_student_step(model, tx, cfg, **step_kwargs)
-
-  def losses():
+  def losses(step, total_steps=None):
+    tx = student.make_optimizer(cfg, total_steps=1)  # its state does not depend on the length
     state = train.create_train_state(model, tx, jax.random.key(0, impl="rbg"), (8, 8, 3), mesh)
     out = []
     for _ in range(5):
-      state, metrics = step(state, batch, student.data_key(cfg.seed))
+      extra = () if total_steps is None else (None, None, np.int32(total_steps))
+      state, metrics = step(state, batch, student.data_key(cfg.seed), *extra)
       jax.block_until_ready(state)
       out.append(float(metrics["loss"]))
-    assert step._cache_size() == 1
     assert int(state.step) == 5
     return out
 
-  assert losses() == losses()
+  ten = losses(step, 10)
+  assert losses(step, 10) == ten
+  twenty = losses(step, 20)
+  # Runs of two lengths share one compilation ...
+  assert step._cache_size() == 1
+  # ... and the length reaches the schedule: the first step has the same rate (lr at count 0),
+  # the later ones a slower decay.
+  assert twenty[:2] == ten[:2] and twenty[2:] != ten[2:]
+  # The same as a step compiled with the length fixed in its optimiser (up to the rounding of
+  # the learning rate, see the test above).
+  fixed = student.make_student_step(model, student.make_optimizer(cfg, 10), cfg, **step_kwargs)
+  np.testing.assert_allclose(losses(fixed), ten, rtol=1e-6)
+  with pytest.raises(ValueError, match="Pass total_steps to the step exactly when"):
+    losses(step)
 
 
 @pytest.mark.parametrize("augment_name", ["crop_flip", "rrc_flip"])

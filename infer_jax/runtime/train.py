@@ -109,13 +109,29 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def cosine_decay(lr: float, total_steps) -> optax.Schedule:
+  """``count -> lr * (1 + cos(pi * min(count, T) / T)) / 2`` with ``T = max(total_steps, 1)``.
+
+  The formula of ``optax.cosine_decay_schedule(lr, T)``, but ``total_steps`` may also be a
+  traced int32 scalar ``[]``: a jitted step that takes the schedule's length as an argument
+  compiles once for runs of every length (the rows of a comparison).
+  """
+
+  def schedule(count):
+    total = jnp.maximum(jnp.asarray(total_steps, jnp.float32), 1.0)
+    count = jnp.minimum(count, total)
+    return lr * (0.5 * (1 + jnp.cos(jnp.pi * count / total)))
+
+  return schedule
+
+
 def sgd_optimizer(
   *,
   lr: float,
   momentum: float,
   nesterov: bool,
   weight_decay: float,
-  total_steps: int,
+  total_steps,
   warmup_steps: int = 0,
 ) -> optax.GradientTransformation:
   """SGD with momentum, PyTorch-style coupled weight decay and a cosine schedule.
@@ -123,11 +139,12 @@ def sgd_optimizer(
   Weight decay is added to the gradient before momentum, for every parameter (BatchNorm
   and biases included), as ``torch.optim.SGD(weight_decay=...)`` does; the learning rate
   decays from ``lr`` to 0 along a cosine over ``total_steps`` after a linear warm-up.
+  Without warm-up ``total_steps`` may be a traced int32 scalar (:func:`cosine_decay`).
   """
   if warmup_steps > 0:
     schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, max(total_steps, 1))
   else:
-    schedule = optax.cosine_decay_schedule(lr, max(total_steps, 1))
+    schedule = cosine_decay(lr, total_steps)
   return optax.chain(
     optax.add_decayed_weights(weight_decay),
     optax.sgd(schedule, momentum=momentum or None, nesterov=nesterov),
