@@ -64,6 +64,22 @@ MUTATIONS = [
     ("tests/test_student.py", "-k", "wired"),
   ),
   Mutation(
+    "schedule_length_ignored",
+    "the student step's learning-rate schedule ignores the run's length it is given",
+    "infer_jax/student.py",
+    "    optimizer = tx if fixed_tx else tx(total_steps)\n",
+    "    optimizer = tx if fixed_tx else tx(1000)\n",
+    ("tests/test_student.py", "-k", "compiles_once"),
+  ),
+  Mutation(
+    "schedule_length_of_one_epoch",
+    "the student trained with a schedule as long as one epoch, not the whole run",
+    "infer_jax/student.py",
+    "  schedule_steps = jax.device_put(np.int32(total_steps), train.replicated(mesh))\n",
+    "  schedule_steps = jax.device_put(np.int32(epoch_steps), train.replicated(mesh))\n",
+    ("tests/test_student.py", "-k", "own_length"),
+  ),
+  Mutation(
     "first_bn_wrong_layer",
     "the first-BN multiplier applied to the second BN layer",
     "infer_jax/recover.py",

@@ -309,6 +309,30 @@ def test_static_soft_labels_learn_and_are_reproducible(digits, static_run):
   assert second["final_loss"] == first["final_loss"]  # bitwise: same seed, same steps
 
 
+def test_train_student_gives_the_schedule_its_own_length(digits, monkeypatch):
+  # The step's compilation is shared by runs of every length: the length must come with
+  # every call. 200 images in batches of 32: 6 steps per epoch, 2 epochs, 12 steps.
+  seen = []
+  build = student.make_student_step
+
+  def spy(*args, **kwargs):
+    step = build(*args, **kwargs)
+
+    def recorded(state, batch, key, label_variables=None, draws=None, total_steps=None):
+      seen.append(int(total_steps))
+      return step(state, batch, key, label_variables, draws, total_steps)
+
+    return recorded
+
+  monkeypatch.setattr(student, "make_student_step", spy)
+  student._compiled_parts.cache_clear()  # build the step again, through the spy
+  try:
+    result = run(digits, small_config(epochs=2))
+  finally:
+    student._compiled_parts.cache_clear()  # no later test may get the spied step
+  assert result["steps"] == 12 and seen == [12] * 12
+
+
 @pytest.mark.slow
 def test_hard_labels_learn_with_sgd_and_track_the_best_epoch(digits):
   lines = []
