@@ -588,7 +588,9 @@ def train_student(
   for epoch in range(1, cfg.epochs + 1):
     segment_start = time.perf_counter()
     for i in range(epoch_steps):
-      state, metrics = step_fn(state, next(batches), key, label_variables, None, schedule_steps)
+      state, metrics = step_fn(
+        state, next(batches), key, label_variables, total_steps=schedule_steps
+      )
       epoch_losses.append(metrics["loss"])
       if serialize_steps:
         jax.block_until_ready(state)

@@ -446,9 +446,9 @@ def test_the_step_compiles_once_and_is_a_function_of_seed_step_and_length(digits
   def losses(step, total_steps=None):
     tx = student.make_optimizer(cfg, total_steps=1)  # its state does not depend on the length
     state = train.create_train_state(model, tx, jax.random.key(0, impl="rbg"), (8, 8, 3), mesh)
+    extra = () if total_steps is None else (None, None, np.int32(total_steps))
     out = []
     for _ in range(5):
-      extra = () if total_steps is None else (None, None, np.int32(total_steps))
       state, metrics = step(state, batch, student.data_key(cfg.seed), *extra)
       jax.block_until_ready(state)
       out.append(float(metrics["loss"]))
