@@ -8,17 +8,26 @@ Command (from the repository root)::
 Each row compiles ``infer_jax.recover.make_step`` (augment 'roll', compensator
 parameterisation) for ONE subset of ``C`` images at ``size x size`` whose images are split
 over ``image_shards`` devices (a 1 x image_shards subsets x images mesh; C padded to a
-multiple of it), with the teacher's blocks rematerialised or not, in float32 or bfloat16
-compute, and reads ``compiled.memory_analysis()`` of the per-device program: ``peak_mib`` =
-arguments + outputs + temporaries - aliased (donated parameters and Adam state are reused
-for the outputs), and ``compiled.cost_analysis()['flops']`` per device and step. Inputs are
-abstract (``jax.ShapeDtypeStruct``): nothing is allocated or run. The lowering needs
-``image_shards`` devices: the script asks XLA:CPU for 16 host devices before JAX starts.
+multiple of it), with the teacher's blocks rematerialised or not (``recover.remat``), in
+float32 or bfloat16 compute (``recover.dtype``), and records:
+
+* ``peak_mib``, from ``compiled.memory_analysis()`` of the per-device program: arguments +
+  outputs + temporaries - aliased (donated parameters and Adam state are reused for the
+  outputs);
+* ``flops_per_device_step``, from ``compiled.cost_analysis()['flops']``;
+* ``residual_mib``: the residuals the differentiated loss keeps for its backward pass
+  (``infer_jax.recover.residual_bytes``; traced, compiler-independent: what remat and
+  bfloat16 save before a backend schedules the program).
+
+Inputs are abstract (``jax.ShapeDtypeStruct``): nothing is allocated or run. The lowering
+needs ``image_shards`` devices: the script asks XLA:CPU for 16 host devices before JAX
+starts.
 
 The figures are those of the XLA backend it runs on (XLA:CPU here); a GPU or TPU compiler
 assigns buffers differently, so treat them as estimates of the same order. XLA:CPU also
 removes the optimisation barriers of ``jax.checkpoint`` and common-subexpression-eliminates
-the recomputation, so on this backend the remat rows come out as the rows without remat.
+the recomputation, so on this backend the remat rows' ``peak_mib`` comes out as the rows'
+without remat; their ``residual_mib`` shows what the program asks to keep.
 Rows are written to ``benchmarks/results/recover_memory_<host>.json`` as they come.
 """
 
@@ -47,18 +56,19 @@ from infer_jax.runtime import atomic, checkpoint, train  # noqa: E402
 
 ARCHS = ("resnet18", "mobilenetv2", "efficientnet_b0")
 SHARDS = (1, 2, 4, 8, 16)
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def measure(arch: str, size: int, c: int, shards: int, remat: str, dtype: str) -> dict:
   """Compiles one recover step (one subset, its images over ``shards`` devices) and returns
   its per-device memory (MiB), FLOPs and compile time."""
-  model = models.create_model(arch, c, stem="imagenet", dtype=DTYPES[dtype])
   shape = (size, size, 3)
-  variables = checkpoint.abstract_variables(model, shape)
+  cfg = recover.RecoverConfig(iterations=1000, jitter=4, augment="roll", remat=remat, dtype=dtype)
+  stored = models.create_model(arch, c, stem="imagenet")
+  variables = checkpoint.abstract_variables(stored, shape)
+  # The module recover runs for recover.dtype (float32 parameters, dtype compute).
+  model = recover.compute_model(checkpoint.Teacher(stored, variables, {}), cfg)
   c_pad = c + (-c % shards)
   first = bn_stats.bn_layer_order(model, variables, (c_pad // shards, *shape))[0]
-  cfg = recover.RecoverConfig(iterations=1000, jitter=4, augment="roll", remat=remat)
   tx = recover.optimizer(cfg)
   mesh = train.subset_image_mesh(jax.devices()[:shards], shards) if shards > 1 else None
 
@@ -101,6 +111,17 @@ def measure(arch: str, size: int, c: int, shards: int, remat: str, dtype: str) -
   }
 
 
+def residual_mib(arch: str, size: int, images: int, remat: str, dtype: str) -> float:
+  """MiB of :func:`infer_jax.recover.residual_bytes` for one subset's ``images`` images on
+  one device (traced abstractly, nothing compiled)."""
+  shape = (size, size, 3)
+  cfg = recover.RecoverConfig(augment="roll", remat=remat, dtype=dtype)
+  stored = models.create_model(arch, 1000, stem="imagenet")
+  variables = checkpoint.abstract_variables(stored, shape)
+  model = recover.compute_model(checkpoint.Teacher(stored, variables, {}), cfg)
+  return round(recover.residual_bytes(model, variables, cfg, images, shape) / 2**20, 1)
+
+
 def main() -> None:
   p = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -120,6 +141,12 @@ def main() -> None:
   if os.path.exists(args.out):  # resume a partial grid: rows already measured are kept
     with open(args.out) as f:
       rows = json.load(f)
+  for r in rows:  # rows measured before the residuals were recorded
+    if "residual_mib" not in r:
+      r["residual_mib"] = residual_mib(
+        r["arch"], r["image_size"], r["images_per_device"], r["remat"], r["dtype"]
+      )
+      atomic.write_text(args.out, json.dumps(rows, indent=2) + "\n")
   done = {(r["arch"], r["image_shards"], r["remat"], r["dtype"]) for r in rows}
   print(f"{'arch':<16} {'shards':>6} {'remat':>6} {'dtype':>8} {'peak MiB':>9} {'compile s':>9}")
   for remat in args.remat.split(","):
@@ -129,6 +156,9 @@ def main() -> None:
           if (arch, shards, remat, dtype) in done:
             continue
           row = measure(arch, args.size, args.classes, shards, remat, dtype)
+          row["residual_mib"] = residual_mib(
+            arch, args.size, row["images_per_device"], remat, dtype
+          )
           rows.append(row)
           print(
             f"{arch:<16} {shards:>6} {remat:>6} {dtype:>8} {row['peak_mib']:9.1f} "

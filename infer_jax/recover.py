@@ -17,6 +17,10 @@ and applies Adam(b1=0.5, b2=0.9) with a cosine-decayed learning rate. Adam is
 element-wise, so one optimiser over the stacked ``[K, ...]`` parameters is exactly K
 independent optimisers. The subset axis is sharded over the devices of a one-axis mesh
 (K padded to a multiple of the device count; the padding is dropped from the result).
+Where one pass over all K subsets does not fit the devices, the subsets are recovered in
+sequential chunks (``subset_chunk``; exact: subsets never interact and each one's draws
+depend only on its index), and a subset's C images can be split over several devices
+(``image_shards``; exact up to the order of floating-point sums).
 
 Progress is checkpointed with Orbax every ``checkpoint_every`` iterations; the random
 draws are pure functions of (seed, teacher index, iteration), so a run killed at any
@@ -76,6 +80,14 @@ class RecoverConfig:
       otherwise a divisor of the device count. 1: every subset on one device.
     remat: 'none' or 'blocks': recompute the inside of each of the teacher's top-level
       blocks in the backward pass instead of keeping it (:func:`bn_stats.capture_bn_statistics`).
+    subset_chunk: subsets optimised together in one program; the K subsets are recovered in
+      ``ceil(K / chunk)`` sequential chunks of equal padded size (one compiled program), each
+      checkpointed on its own. 0: chosen from the device memory (:func:`plan_split`): all K
+      at once wherever they fit, which is always on XLA:CPU (it reports no limit). The
+      result does not depend on it.
+    dtype: the teacher's computation dtype in recover, 'float32' or 'bfloat16' (bfloat16
+      halves activation memory on GPUs/TPUs; parameters, the BatchNorm moments, the loss,
+      the compensators and Adam stay float32).
   """
 
   iterations: int = 1000
@@ -92,6 +104,8 @@ class RecoverConfig:
   seed: int = 0
   image_shards: int = 0
   remat: str = "none"
+  subset_chunk: int = 0
+  dtype: str = "float32"
 
   def __post_init__(self):
     if self.parameterisation not in PARAMETERISATIONS:
@@ -116,6 +130,12 @@ class RecoverConfig:
       raise InputError(
         f"recover image_shards must be >= 0 (0 = automatic), got {self.image_shards}."
       )
+    if self.subset_chunk < 0:
+      raise InputError(
+        f"recover subset_chunk must be >= 0 (0 = automatic), got {self.subset_chunk}."
+      )
+    if self.dtype not in train.DTYPES:
+      raise InputError(f"recover dtype must be one of {list(train.DTYPES)}, got {self.dtype!r}.")
     if self.iterations < 1 or self.lr <= 0 or self.jitter < 0:
       raise InputError(
         f"recover needs iterations >= 1, lr > 0 and jitter >= 0; got "
@@ -266,9 +286,10 @@ def make_step(
   teacher_index: int = 0,
   clip_bounds: tuple[np.ndarray, np.ndarray] | None = None,
   mesh: Mesh | None = None,
+  num_draws: int | None = None,
 ) -> Callable:
   """The jitted all-subsets step ``(variables, params, opt_state, base, labels, iteration,
-  draws=None)``.
+  draws=None, first_subset=None)``.
 
   Args:
     model: teacher module.
@@ -285,13 +306,20 @@ def make_step(
       (``psum``), and labels < 0 mark padding images (C padded to a multiple of the axis).
       None, or an 'images' axis of one device: the one-device program, shardings taken from
       the inputs.
+    num_draws: with ``first_subset`` (a chunk of a larger set of subsets): how many subsets'
+      draws to derive, of which the step takes ``[first_subset, first_subset + K)``; at
+      least the largest such end. None: K.
 
   Returns:
     ``step(variables, params [K,P,H,W,3], opt_state, base [K,C,H,W,3], labels [K,C],
-    iteration int32 [], draws=None) -> (params, opt_state, {'loss','ce','bn'} each [K])``.
+    iteration int32 [], draws=None, first_subset=None) -> (params, opt_state,
+    {'loss','ce','bn'} each [K])``.
     ``draws`` (tests): the subsets' augmentation draws, leaves ``[K, ...]`` as
     :func:`step_draws` gives them; None (production) draws them inside the step from
-    (``cfg.seed``, ``teacher_index``, ``iteration``).
+    (``cfg.seed``, ``teacher_index``, ``iteration``). ``first_subset`` (int32 []): the
+    index of the chunk's first subset among ``num_draws``, so that a chunk gets the draws
+    its subsets have in a single pass over all of them; None: 0 (and the program of a
+    single pass).
   """
 
   if mesh is not None and mesh.shape.get(train.IMAGE_AXIS, 1) > 1:
@@ -308,11 +336,20 @@ def make_step(
     # Subsets are independent, so the gradient of the sum is each subset's own gradient.
     return jnp.sum(losses), (losses, aux)
 
-  def step(variables, params, opt_state, base, labels, iteration, draws=None):
-    if draws is None:
+  def step(variables, params, opt_state, base, labels, iteration, draws=None, first_subset=None):
+    if draws is None and first_subset is None:
       # The draws are derived inside the step: no per-iteration host work and no second
       # multi-device program (a reshard of host-made keys) in flight beside the step.
       draws = step_draws(cfg, teacher_index, iteration, params.shape[0], base.shape[2:])
+    elif draws is None:
+      # A chunk: every subset's draws (cheap: a few scalars each; split(key, n)[i] does not
+      # depend on n), then this chunk's rows. The offset is an argument, so every chunk
+      # runs the same compiled program.
+      n = num_draws or params.shape[0]
+      every = step_draws(cfg, teacher_index, iteration, n, base.shape[2:])
+      draws = jax.tree.map(
+        lambda a: jax.lax.dynamic_slice_in_dim(a, first_subset, params.shape[0]), every
+      )
     grads, (losses, aux) = jax.grad(all_losses, has_aux=True)(
       params, variables, base, labels, draws
     )
@@ -336,9 +373,10 @@ def make_step(
 # --------------------------------------------------------------------------- the loop
 
 
-def _pad_subsets(a: np.ndarray, multiple: int) -> np.ndarray:
-  """Pads the leading (subset) axis to a multiple by repeating the first subset."""
-  pad = -len(a) % multiple
+def _pad_subsets(a: np.ndarray, multiple: int, size: int | None = None) -> np.ndarray:
+  """Pads the leading (subset) axis to ``size`` (None: the next multiple of ``multiple``)
+  by repeating the first subset."""
+  pad = (size - len(a)) if size is not None else -len(a) % multiple
   return np.concatenate([a, np.repeat(a[:1], pad, axis=0)]) if pad else a
 
 
@@ -377,6 +415,42 @@ def activation_bytes_per_image(model, variables, image_shape) -> int:
   return total[0]
 
 
+def residual_bytes(model, variables, cfg: RecoverConfig, images: int, image_shape) -> int:
+  """Bytes of the residuals that one subset's differentiated loss keeps for its backward
+  pass: traced abstractly (no FLOPs, nothing compiled), so independent of the backend.
+
+  What the program asks the backward pass to hold, before a compiler schedules, fuses or
+  rematerialises it: without remat every BatchNorm input, ReLU mask and the like; with
+  ``cfg.remat == 'blocks'`` only each block's input; with ``model`` computing in bfloat16
+  (:func:`compute_model`), half-size activations.
+
+  Args:
+    model: the teacher module as recover runs it; variables: its variables (shapes only).
+    cfg: recover config (remat, augment); images: the subset's images on one device.
+    image_shape: ``[H, W, 3]``.
+  """
+  shape = tuple(image_shape)
+  first = bn_stats.bn_layer_order(model, variables, (images, *shape))[0]
+
+  def residuals(params, variables, base, labels):
+    draws = jax.tree.map(lambda a: a[0], step_draws(cfg, 0, 0, 1, shape))
+
+    def loss(p):
+      return subset_loss(model, variables, p, base, labels, draws, cfg, first)[0]
+
+    # jax.vjp's backward function is a pytree whose leaves are the residuals.
+    return jax.tree.leaves(jax.vjp(loss, params)[1])
+
+  out = jax.eval_shape(
+    residuals,
+    jax.ShapeDtypeStruct((1, *shape), jnp.float32),
+    variables,
+    jax.ShapeDtypeStruct((images, *shape), jnp.float32),
+    jax.ShapeDtypeStruct((images,), jnp.int32),
+  )
+  return sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in out)
+
+
 # What the backward pass holds per image, in units of activation_bytes_per_image: fitted on
 # XLA:CPU's buffer assignment of the compiled step (benchmarks/recover_memory.py).
 _BACKWARD_FACTOR = 2.0
@@ -384,38 +458,98 @@ _BACKWARD_FACTOR = 2.0
 _MEMORY_FRACTION = 0.8
 
 
-def auto_image_shards(teacher: checkpoint.Teacher, k: int, c: int, image_shape, devices) -> int:
-  """The fewest devices per subset whose estimated memory fits every device.
+def plan_split(
+  k: int,
+  c: int,
+  devices: int,
+  per_image: float,
+  fixed: float,
+  limit: float | None,
+  image_shards: int = 0,
+  subset_chunk: int = 0,
+) -> tuple[int, int]:
+  """How recover lays out K subsets of C images on D devices: ``(I, chunk)``.
 
-  Per device: twice the teacher's variables plus ``ceil(K / S) * ceil(C / I)`` images of
-  :func:`activation_bytes_per_image` x a backward factor, with S = D / I subset groups;
-  the smallest divisor I of D (I <= C) that fits ``_MEMORY_FRACTION`` of the device's
-  memory limit. Devices that report no limit (XLA:CPU) get 1: one subset per device, as
-  without the split.
+  Per device, a pass over ``chunk`` subsets on a ``D / I`` (subset groups) x ``I`` (image
+  shards) mesh needs ``fixed + ceil(chunk / (D / I)) * ceil(C / I) * per_image`` bytes.
+  Within ``_MEMORY_FRACTION`` of ``limit``, and unless set (non-zero arguments are kept):
+
+  * I: the smallest divisor of D (I <= C) that fits all K subsets in one pass; else the
+    smallest that fits one subset per device (then in chunks); else the largest;
+  * chunk: K where they fit, else as many subsets per device as fit, times D / I.
+
+  Without a limit (XLA:CPU reports none): I = 1 and chunk = K.
+
+  Args:
+    k, c: subsets and images per subset; devices: D.
+    per_image: bytes one image adds (activations kept for the backward pass and its own
+      copies); fixed: bytes that do not scale with images (teacher variables).
+    limit: bytes a device holds, or None.
+    image_shards, subset_chunk: the settings (0 = choose).
 
   Returns:
-    I, a divisor of ``len(devices)``.
+    ``(I, chunk)`` with ``1 <= chunk <= K``.
   """
+  k = max(k, 1)
+  if not limit:
+    return image_shards or 1, min(subset_chunk or k, k)
+  budget = _MEMORY_FRACTION * limit
+
+  def fits(i: int, chunk: int) -> bool:
+    return fixed + -(-chunk // (devices // i)) * -(-c // i) * per_image <= budget
+
+  candidates = [i for i in range(1, devices + 1) if devices % i == 0 and i <= max(c, 1)]
+  shards = image_shards
+  if not shards:
+    whole = [i for i in candidates if fits(i, k)]
+    chunked = [i for i in candidates if fits(i, devices // i)]
+    shards = (whole or chunked or candidates[-1:])[0]
+  if subset_chunk:
+    return shards, min(subset_chunk, k)
+  if fits(shards, k):
+    return shards, k
+  per_device = max(1, int((budget - fixed) // (-(-c // shards) * per_image)))
+  return shards, min(k, per_device * (devices // shards))
+
+
+def _memory_per_image(model, variables, image_shape) -> tuple[float, float]:
+  """``(per_image, fixed)`` bytes for :func:`plan_split`: the teacher's layer outputs times
+  a backward factor plus the image's own float32 copies, and twice the teacher's
+  variables."""
+  per_image = _BACKWARD_FACTOR * activation_bytes_per_image(model, variables, image_shape)
+  per_image += 4 * 4 * int(np.prod(image_shape))  # the real image, its sum and cotangent
+  fixed = 2 * sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(variables))
+  return per_image, fixed
+
+
+def _device_limit(devices) -> int | None:
+  """Bytes this process's first device of ``devices`` reports as its limit (None: none)."""
   devices = list(np.asarray(devices).reshape(-1))
   # This process's own device (another host's cannot be asked): every process decides
   # alone, so the devices of a slice are assumed alike, as every multi-host run assumes.
   local = next(d for d in devices if d.process_index == jax.process_index())
-  stats = local.memory_stats() or {}
-  limit = stats.get("bytes_limit")
+  return (local.memory_stats() or {}).get("bytes_limit") or None
+
+
+def auto_image_shards(teacher: checkpoint.Teacher, k: int, c: int, image_shape, devices) -> int:
+  """The image shards :func:`plan_split` chooses for all K subsets of ``teacher`` on
+  ``devices`` (1 on devices that report no memory limit, such as XLA:CPU).
+
+  Returns:
+    I, a divisor of ``len(devices)``.
+  """
+  limit = _device_limit(devices)
   if not limit:
     return 1
-  d = len(devices)
-  per_image = _BACKWARD_FACTOR * activation_bytes_per_image(
-    teacher.model, teacher.variables, image_shape
-  )
-  per_image += 4 * 4 * int(np.prod(image_shape))  # the real image, its sum and cotangent
-  fixed = 2 * sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(teacher.variables))
-  candidates = [i for i in range(1, d + 1) if d % i == 0 and i <= max(c, 1)]
-  for i in candidates:
-    need = fixed + -(-k // (d // i)) * -(-c // i) * per_image
-    if need <= _MEMORY_FRACTION * limit:
-      return i
-  return candidates[-1]
+  per_image, fixed = _memory_per_image(teacher.model, teacher.variables, image_shape)
+  return plan_split(k, c, np.asarray(devices).size, per_image, fixed, limit)[0]
+
+
+def compute_model(teacher: checkpoint.Teacher, cfg: RecoverConfig) -> nn.Module:
+  """The teacher's module computing in ``cfg.dtype`` (its own module for float32)."""
+  if cfg.dtype == "float32":
+    return teacher.model
+  return teacher.model.clone(dtype=train.DTYPES[cfg.dtype])
 
 
 def recover_teacher(
@@ -454,10 +588,70 @@ def recover_teacher(
   k, c = labels.shape
   image_shape = base.shape[2:]
   name = teacher.metadata["architecture"]
-  if train.IMAGE_AXIS not in mesh.axis_names:
-    shards = cfg.image_shards or auto_image_shards(teacher, k, c, image_shape, mesh.devices)
-    if shards != 1:
-      mesh = train.subset_image_mesh(mesh.devices, shards)
+  model = compute_model(teacher, cfg)
+  laid_out = train.IMAGE_AXIS in mesh.axis_names
+  shards = mesh.shape[train.IMAGE_AXIS] if laid_out else cfg.image_shards
+  limit = None if shards and cfg.subset_chunk else _device_limit(mesh.devices)
+  per_image, fixed = _memory_per_image(model, teacher.variables, image_shape) if limit else (0, 0)
+  shards, chunk = plan_split(
+    k, c, mesh.devices.size, per_image, fixed, limit, shards, cfg.subset_chunk
+  )
+  if not laid_out and shards != 1:
+    mesh = train.subset_image_mesh(mesh.devices, shards)
+  groups = mesh.shape[train.SUBSET_AXIS]
+  if chunk < k:
+    # Chunks of one padded size, a multiple of the subset groups: one compiled program.
+    chunk = max(groups, chunk // groups * groups)
+  if chunk >= k:
+    return _recover_subsets(model, teacher, base, labels, cfg, teacher_index, directory, mesh, log)
+  n = -(-k // chunk)
+  size = -(-k // n)
+  padded = -(-size // groups) * groups
+  log(
+    f"[recover {name}] {k} subsets in {n} sequential chunks of at most {size} "
+    f"(each padded to {padded})"
+  )
+  out = []
+  for lo in range(0, k, size):
+    hi = min(k, lo + size)
+    sub = os.path.join(directory, f"subsets_{lo}-{hi - 1}") if directory else None
+    chunk_of = _Chunk(first=lo, num_subsets=k, padded=padded, num_draws=(n - 1) * size + padded)
+    out.append(
+      _recover_subsets(
+        model, teacher, base[lo:hi], labels[lo:hi], cfg, teacher_index, sub, mesh, log, chunk_of
+      )
+    )
+  return np.concatenate(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Chunk:
+  """Where a chunk of subsets sits in the whole: its first subset, the whole's K, the padded
+  size every chunk runs at, and how many subsets' draws the step derives."""
+
+  first: int
+  num_subsets: int
+  padded: int
+  num_draws: int
+
+
+def _recover_subsets(
+  model,
+  teacher: checkpoint.Teacher,
+  base: np.ndarray,
+  labels: np.ndarray,
+  cfg: RecoverConfig,
+  teacher_index: int,
+  directory: str | None,
+  mesh: Mesh,
+  log: Callable[[str], None],
+  chunk: _Chunk | None = None,
+) -> np.ndarray:
+  """:func:`recover_teacher` for the subsets given (all K, or one chunk of them) on a
+  laid-out mesh, ``model`` computing in ``cfg.dtype``. Same arguments and result."""
+  k, c = labels.shape
+  image_shape = base.shape[2:]
+  name = teacher.metadata["architecture"]
   split = mesh.shape.get(train.IMAGE_AXIS, 1) > 1
   groups = mesh.shape[train.SUBSET_AXIS]
   # C padded to a multiple of the image shards (padding images weigh 0, labels -1).
@@ -473,9 +667,12 @@ def recover_teacher(
     # Parameters (and Adam's moments) of the original K x C problem -> this mesh's padding.
     if per_class:
       a = _pad_classes(a, c_pad, 0)
-    return _pad_subsets(a, groups)
+    return _pad_subsets(a, groups, chunk.padded if chunk else None)
 
-  params = jax.device_put(pad(init_params(cfg, k, c, image_shape, teacher_index)), shard)
+  init = init_params(cfg, chunk.num_subsets if chunk else k, c, image_shape, teacher_index)
+  if chunk:
+    init = init[chunk.first : chunk.first + k]  # the chunk's rows of a single pass's start
+  params = jax.device_put(pad(init), shard)
 
   def place(tree):
     # Per-subset arrays split over devices, scalars (Adam's step count) replicated; also
@@ -495,6 +692,10 @@ def recover_teacher(
   if cfg.clamp != "never":
     # Only when set: checkpoints of unclamped runs written before the setting existed resume.
     identity["clamp"] = cfg.clamp
+  if cfg.dtype != "float32":
+    identity["dtype"] = cfg.dtype
+  if chunk:
+    identity.update(first_subset=chunk.first, of_subsets=chunk.num_subsets)
   padded = params.shape[0]
   padded_classes = params.shape[1] if per_class else c
   if ckpt is not None:
@@ -544,7 +745,7 @@ def recover_teacher(
       ckpt.close()
     return result(params)
 
-  first_layer = bn_stats.bn_layer_order(teacher.model, teacher.variables, (c, *image_shape))[0]
+  first_layer = bn_stats.bn_layer_order(model, teacher.variables, (c, *image_shape))[0]
   bounds = None
   if cfg.clamp == "every_step":
     # As synthetic.clip_bounds: the normalised values of pixels 0 and 1, in float32.
@@ -552,8 +753,17 @@ def recover_teacher(
     std = np.asarray(teacher.metadata["std"], np.float32)
     bounds = ((np.float32(0.0) - mean) / std, (np.float32(1.0) - mean) / std)
   step = make_step(
-    teacher.model, cfg, first_layer, tx, teacher_index, bounds, mesh=mesh if split else None
+    model,
+    cfg,
+    first_layer,
+    tx,
+    teacher_index,
+    bounds,
+    mesh=mesh if split else None,
+    num_draws=chunk.num_draws if chunk else None,
   )
+  # A chunk's subsets take the draws they have in a single pass (see make_step).
+  offset = {"first_subset": jax.device_put(np.int32(chunk.first), repl)} if chunk else {}
   if split:
     log(
       f"[recover {name}] {groups} subset group(s) x {mesh.shape[train.IMAGE_AXIS]} image "
@@ -561,8 +771,9 @@ def recover_teacher(
       "images per device"
     )
   variables = jax.device_put(teacher.variables, repl)
-  base_d = _pad_subsets(_pad_classes(base.astype(np.float32), c_pad, 0), groups)
-  labels_d = _pad_subsets(_pad_classes(labels.astype(np.int32), c_pad, -1), groups)
+  size = chunk.padded if chunk else None
+  base_d = _pad_subsets(_pad_classes(base.astype(np.float32), c_pad, 0), groups, size)
+  labels_d = _pad_subsets(_pad_classes(labels.astype(np.int32), c_pad, -1), groups, size)
   base_d = jax.device_put(base_d, image_shard)
   labels_d = jax.device_put(labels_d, image_shard)
 
@@ -582,7 +793,9 @@ def recover_teacher(
   metrics = None
   for it in range(start, cfg.iterations):
     iteration = jax.device_put(np.int32(it), repl)
-    params, opt_state, metrics = step(variables, params, opt_state, base_d, labels_d, iteration)
+    params, opt_state, metrics = step(
+      variables, params, opt_state, base_d, labels_d, iteration, **offset
+    )
     if serialize:
       jax.block_until_ready(params)
     done = it + 1

@@ -295,11 +295,19 @@ def normalize_metadata(metadata: Mapping[str, Any]) -> dict:
 
 # Settings recorded in a set's metadata (provenance) that only say how the set was computed,
 # not what it is: how a subset's images were split over devices, whether the teacher's
-# blocks were recomputed in the backward pass, how often recover checkpointed and logged.
+# blocks were recomputed in the backward pass, in how many chunks the subsets were recovered,
+# how often recover checkpointed and logged.
 # They change the result by float rounding at most, so a set, a resumed run or a summary row
 # made with other values is still the same one. Sets written before a setting existed lack it.
 EXECUTION_SETTINGS: dict[str, tuple[str, ...]] = {
-  "recover": ("image_shards", "remat", "checkpoint_every", "log_every"),
+  "recover": ("image_shards", "remat", "subset_chunk", "checkpoint_every", "log_every"),
+}
+# Settings added after sets were first written, with the value that reproduces those older
+# sets: at that value they are left out of the comparison, so an older set (which lacks
+# them) and a new one made the same way still compare equal; any other value is a
+# different set.
+LATER_SETTINGS: dict[str, dict[str, Any]] = {
+  "recover": {"dtype": "float32"},
 }
 
 
@@ -308,9 +316,14 @@ def comparable_metadata(metadata: Mapping[str, Any]) -> dict:
   share to be the same set. Used by :func:`load`'s ``expected`` check and by the row
   fingerprints of a comparison's summary."""
   out = normalize_metadata(metadata)
-  for section, keys in EXECUTION_SETTINGS.items():
+  for section in EXECUTION_SETTINGS.keys() | LATER_SETTINGS.keys():
     if isinstance(out.get(section), dict):
-      out[section] = {k: v for k, v in out[section].items() if k not in keys}
+      keys, later = EXECUTION_SETTINGS.get(section, ()), LATER_SETTINGS.get(section, {})
+      out[section] = {
+        k: v
+        for k, v in out[section].items()
+        if k not in keys and not (k in later and v == later[k])
+      }
   return out
 
 

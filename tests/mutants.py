@@ -199,6 +199,38 @@ MUTATIONS = [
     '    draws["top"] = draws["left"] = jnp.asarray(padding, jnp.int32)\n',
     ("tests/test_student.py", "-k", "augment_batch"),
   ),
+  Mutation(
+    "chunk_draws_from_zero",
+    "every chunk of subsets given the first chunk's augmentation draws",
+    "infer_jax/recover.py",
+    "        lambda a: jax.lax.dynamic_slice_in_dim(a, first_subset, params.shape[0]), every\n",
+    "        lambda a: jax.lax.dynamic_slice_in_dim(a, 0 * first_subset, params.shape[0]), every\n",
+    ("tests/test_recover_chunks.py", "-k", "single_pass"),
+  ),
+  Mutation(
+    "chunk_noise_from_zero",
+    "every chunk of SRe2L-style images starting from the first chunk's noise",
+    "infer_jax/recover.py",
+    "    init = init[chunk.first : chunk.first + k]  # the chunk's rows of a single pass's start\n",
+    "    init = init[:k]  # MUTANT\n",
+    ("tests/test_recover_chunks.py", "-k", "noise"),
+  ),
+  Mutation(
+    "recover_dtype_ignored",
+    "recover.dtype='bfloat16' computing in float32",
+    "infer_jax/recover.py",
+    '  if cfg.dtype == "float32":\n    return teacher.model\n',
+    "  if True:  # MUTANT\n    return teacher.model\n",
+    ("tests/test_recover_chunks.py", "-k", "bfloat16"),
+  ),
+  Mutation(
+    "plan_ignores_teacher_bytes",
+    "the automatic layout ignoring the teacher's own bytes",
+    "infer_jax/recover.py",
+    "    return fixed + -(-chunk // (devices // i)) * -(-c // i) * per_image <= budget\n",
+    "    return -(-chunk // (devices // i)) * -(-c // i) * per_image <= budget\n",
+    ("tests/test_recover_chunks.py", "-k", "plan_split"),
+  ),
 ]
 
 

@@ -73,6 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Devices per subset (its C images split over them; docs/scaling.md): 0 = automatic.
   c.recover.image_shards = 0
   c.recover.remat = "none"  # none | blocks: recompute the teacher's blocks in the backward pass
+  # Subsets per sequential chunk (0: all at once wherever the device memory holds them).
+  c.recover.subset_chunk = 0
+  c.recover.dtype = "float32"  # float32 | bfloat16: the teacher's computation dtype in recover
 
   c.synthetic = ml_collections.ConfigDict()
   # float32 | float16 | bfloat16 | uint8 (affine per compensator: scale and offset float32)
