@@ -2,7 +2,7 @@
 
 Command (from the repository root, with the ``[torch]`` extra installed)::
 
-    python benchmarks/vs_pytorch.py --quick        # every row, 3 blocks of 1 call (> 9 min)
+    python benchmarks/vs_pytorch.py --quick        # 8 rows: every stage and family, C = 10
     python benchmarks/vs_pytorch.py                # every row, 5 blocks of 2 calls a side
     python benchmarks/vs_pytorch.py --stages student --archs resnet18 --blocks 7
     python benchmarks/vs_pytorch.py --smoke        # tiny networks, 1 block: checks the wiring
@@ -100,8 +100,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   )
   p.add_argument("--stages", default="recover,student,train,relabel")
   p.add_argument("--archs", default=",".join(FAMILIES), help="recover (and train) families")
-  p.add_argument("--classes", default="10,100", help="C of recover and the student")
-  p.add_argument("--student-widths", default="1.0,0.25")
+  p.add_argument(
+    "--classes", default=None, help="C of recover and the student (10,100; --quick: 10)"
+  )
+  p.add_argument("--student-widths", default=None, help="1.0,0.25 (--quick: 1.0)")
   p.add_argument("--label-modes", default="static,dynamic")
   p.add_argument("--train-archs", default=None, help="default: resnet18 (--quick), --archs")
   p.add_argument("--batch", type=int, default=64, help="student batch")
@@ -109,7 +111,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--relabel-images", type=int, default=1000)
   p.add_argument("--blocks", type=int, default=None, help="timed blocks per side (5)")
   p.add_argument("--iters", type=int, default=None, help="calls per block (2)")
-  p.add_argument("--quick", action="store_true", help="3 blocks x 1 call; train: ResNet-18")
+  p.add_argument(
+    "--quick",
+    action="store_true",
+    help="3 blocks x 1 call; C = 10, the full-width student, train: ResNet-18 (8 rows)",
+  )
   p.add_argument(
     "--smoke", action="store_true", help="tiny networks (resnet_tiny), 1 block x 1 call"
   )
@@ -130,6 +136,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.batch, a.train_batch, a.relabel_images = 8, 8, 16
   if a.train_archs is None:
     a.train_archs = "resnet18" if a.quick else a.archs
+  # --quick: every stage and family once, compiled once each (compiles dominate a row).
+  a.classes = a.classes or ("10" if a.quick else "10,100")
+  a.student_widths = a.student_widths or ("1.0" if a.quick else "1.0,0.25")
   split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
   a.stages, a.archs, a.train_archs = split(a.stages), split(a.archs), split(a.train_archs)
   a.label_modes = split(a.label_modes)
