@@ -3,6 +3,7 @@
 Command (from the repository root)::
 
     python benchmarks/scaling_plans.py                       # markdown tables for docs/scaling.md
+    python benchmarks/scaling_plans.py --memory              # the measured rows, one table
     python benchmarks/scaling_plans.py --rows benchmarks/results/recover_memory_vm.json
 
 Reads the rows of ``benchmarks/recover_memory.py`` (peak bytes and FLOPs of ONE subset's
@@ -80,12 +81,63 @@ def plan(rows: dict, arch: str, remat: str, dtype: str, k: int, devices: int, gi
   }
 
 
+def _cell(rows: dict, key: tuple, field: str) -> str:
+  r = rows.get(key)
+  return "-" if r is None or field not in r else f"{r[field]:.0f}"
+
+
+def memory_table(rows: dict) -> None:
+  """Prints the measured rows as one markdown table: per teacher and split, XLA:CPU's peak
+  (float32, bfloat16; remat rows equal these on XLA:CPU), the residuals for each remat and
+  dtype, and GFLOPs per device and step."""
+  print(
+    "| teacher | image shards | images per device | peak MiB float32 | peak MiB bfloat16 "
+    "| residuals MiB float32 (remat none / blocks) | residuals MiB bfloat16 (none / blocks) "
+    "| GFLOPs per device and step |"
+  )
+  print("|---|---|---|---|---|---|---|---|")
+  archs = list(dict.fromkeys(a for a, *_ in rows))
+  for arch, shards in sorted(
+    {(a, i) for a, i, _, _ in rows}, key=lambda t: (archs.index(t[0]), t[1])
+  ):
+    cells = {
+      (remat, dtype, field): _cell(rows, (arch, shards, remat, dtype), field)
+      for remat in ("none", "blocks")
+      for dtype in ("float32", "bfloat16")
+      for field in ("peak_mib", "residual_mib")
+    }
+    first = next(r for (a, i, _, _), r in rows.items() if (a, i) == (arch, shards))
+    print(
+      f"| {arch} | {shards} | {first['images_per_device']} "
+      f"| {cells['none', 'float32', 'peak_mib']} | {cells['none', 'bfloat16', 'peak_mib']} "
+      f"| {cells['none', 'float32', 'residual_mib']} / "
+      f"{cells['blocks', 'float32', 'residual_mib']} "
+      f"| {cells['none', 'bfloat16', 'residual_mib']} / "
+      f"{cells['blocks', 'bfloat16', 'residual_mib']} "
+      f"| {first['flops_per_device_step'] / 1e9:.0f} |"
+    )
+
+
 def main() -> None:
   p = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
   p.add_argument("--rows", default="benchmarks/results/recover_memory_vm.json")
+  p.add_argument(
+    "--remat",
+    default="none",
+    help="none,blocks: XLA:CPU's peak of a remat row equals the row without (it removes the "
+    "recomputation), so the plans use 'none' unless asked",
+  )
+  p.add_argument("--dtypes", default="float32,bfloat16")
+  p.add_argument("--memory", action="store_true", help="print the measured rows as one table")
   args = p.parse_args()
+  remats, dtypes = args.remat.split(","), args.dtypes.split(",")
+  if args.memory:
+    with open(args.rows) as f:
+      rows = {(r["arch"], r["image_shards"], r["remat"], r["dtype"]): r for r in json.load(f)}
+    memory_table(rows)
+    return
   with open(args.rows) as f:
     rows = {(r["arch"], r["image_shards"], r["remat"], r["dtype"]): r for r in json.load(f)}
   archs = list(dict.fromkeys(a for a, *_ in rows))
@@ -98,8 +150,8 @@ def main() -> None:
   for name, devices, gib, tflops in SLICES:
     for ipc, k in SETTINGS.items():
       for arch in archs:
-        for dtype in ("float32", "bfloat16"):
-          for remat in ("none", "blocks"):
+        for dtype in dtypes:
+          for remat in remats:
             got = plan(rows, arch, remat, dtype, k, devices, gib)
             if got is None:
               print(f"| {name} | {ipc} | {arch} | {dtype} | {remat} | not measured |||||")
@@ -117,8 +169,8 @@ def main() -> None:
   print("| teacher | dtype | remat | 16 GiB | 32 GiB |")
   print("|---|---|---|---|---|")
   for arch in archs:
-    for dtype in ("float32", "bfloat16"):
-      for remat in ("none", "blocks"):
+    for dtype in dtypes:
+      for remat in remats:
         measured = [key for key in sorted(rows) if key[0] == arch and key[2:] == (remat, dtype)]
         cells = []
         for gib in (16, 32):

@@ -76,7 +76,7 @@ class RecoverConfig:
     seed: base seed of the augmentation draws and of noise initialisation.
     image_shards: devices that share one subset's C images (the 'images' axis of a
       subsets x images mesh; BatchNorm statistics and the CE mean are reduced over it).
-      0: chosen from the device count and a memory estimate (:func:`auto_image_shards`);
+      0: chosen from the device count and a memory estimate (:func:`plan_split`);
       otherwise a divisor of the device count. 1: every subset on one device.
     remat: 'none' or 'blocks': recompute the inside of each of the teacher's top-level
       blocks in the backward pass instead of keeping it (:func:`bn_stats.capture_bn_statistics`).
