@@ -26,6 +26,12 @@ PY=${PYTHON:-python}
 SHARED=${SHARED:-../shared/data}
 STATE=benchmarks/study_state
 mkdir -p data docs/results workdir
+# tcmalloc keeps XLA's large per-step buffers where glibc's malloc zero-fills fresh pages every
+# step: 40-70% faster teacher training here, bit-identical results (benchmarks/README.md).
+TCMALLOC=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
+if [ -z "${LD_PRELOAD:-}" ] && [ -e "$TCMALLOC" ]; then
+  export LD_PRELOAD=$TCMALLOC
+fi
 
 if [ "${1:-}" = save ]; then
   rm -rf "$STATE.tmp" && mkdir -p "$STATE.tmp"
