@@ -318,3 +318,53 @@ def test_report_reads_a_summary_without_protocols(tmp_path):
   assert "Protocol **same_steps" in text and "same_epochs (the paper" not in text
   assert "side by side" not in text
   assert len(info["figures"]) == 1  # accuracy against compression only
+
+
+def test_study_state_is_saved_with_the_newest_checkpoints_and_restored(tmp_path):
+  """`bash benchmarks/study.sh save` keeps a study's unfinished work for the next machine:
+  every workdir/cifar10_study_* tree with only the newest step of each Orbax checkpoint
+  directory (older steps and saves in flight dropped, finished files kept); a later run on
+  a checkout without them starts from that copy."""
+  import shutil
+  import subprocess
+
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  root = tmp_path / "checkout"
+  (root / "benchmarks").mkdir(parents=True)
+  shutil.copy(os.path.join(repo, "benchmarks", "study.sh"), root / "benchmarks" / "study.sh")
+  (root / "data").mkdir()
+  (root / "data" / "cifar10.npz").write_bytes(b"")  # as if prepared
+  train = root / "workdir" / "cifar10_study_teachers" / "resnet18" / "train"
+  for step in ("500", "1000", "1500.orbax-checkpoint-tmp-3"):
+    (train / step / "state").mkdir(parents=True)
+    (train / step / "_CHECKPOINT_METADATA").write_text(step)
+  finished = root / "workdir" / "cifar10_study_teachers" / "mobilenetv2"
+  finished.mkdir()
+  (finished / "teacher.json").write_text("{}")
+  setting = root / "workdir" / "cifar10_study_ipc10"
+  setting.mkdir()
+  (setting / "summary.json").write_text('{"rows": []}')
+  (root / "workdir" / "other_run").mkdir()  # not the study's: not saved
+  run = lambda *args: subprocess.run(  # noqa: E731
+    ["bash", "benchmarks/study.sh", *args],
+    cwd=root,
+    env={**os.environ, "PYTHON": "true"},  # no distill: only the state handling runs
+    capture_output=True,
+    text=True,
+  )
+  out = run("save")
+  assert out.returncode == 0, out.stderr
+  state = root / "benchmarks" / "study_state"
+  saved = state / "cifar10_study_teachers" / "resnet18" / "train"
+  assert sorted(p.name for p in saved.iterdir()) == ["1000"]
+  assert (state / "cifar10_study_teachers" / "mobilenetv2" / "teacher.json").exists()
+  assert (state / "cifar10_study_ipc10" / "summary.json").read_text() == '{"rows": []}'
+  assert not (state / "other_run").exists()
+  assert (train / "500").exists()  # the workdir itself is untouched
+  shutil.rmtree(root / "workdir")
+  (root / "workdir").mkdir()
+  out = run("ipc=10")  # PYTHON=true: the distill is a no-op, then the summary is copied
+  assert "restoring workdir/cifar10_study_teachers" in out.stdout, out.stdout + out.stderr
+  restored = root / "workdir" / "cifar10_study_teachers" / "resnet18" / "train"
+  assert sorted(p.name for p in restored.iterdir()) == ["1000"]
+  assert (root / "docs" / "results" / "cifar10_study_ipc10.json").read_text() == '{"rows": []}'
