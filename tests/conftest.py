@@ -104,3 +104,31 @@ def toy_teacher_metadata(arch: str, num_classes: int, image_shape) -> dict:
     test_accuracy=None,
     source="test",
   )
+
+
+def live_toy_teacher(num_classes: int, image_shape):
+  """An untrained ``resnet_tiny`` recover teacher with live logits: initialised kernels and
+  running statistics drawn around 0 (means) and 1 (variances in [0.5, 1.5]). Means around
+  1 would silence every ReLU and leave the logits, and so the cross-entropy's gradient, at
+  exactly 0."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from infer_jax import models
+  from infer_jax.runtime import checkpoint
+
+  model = models.create_model("resnet_tiny", num_classes)
+  v = jax.jit(lambda k: model.init(k, jnp.zeros((1, *image_shape)), train=False))(
+    jax.random.key(0, impl="rbg")
+  )
+  rng = np.random.default_rng(0)
+
+  def draw(path, a):
+    if path[-1].key == "mean":
+      return jnp.asarray(rng.normal(0, 0.2, a.shape), jnp.float32)
+    return jnp.asarray(rng.uniform(0.5, 1.5, a.shape), jnp.float32)
+
+  stats = jax.tree_util.tree_map_with_path(draw, v["batch_stats"])
+  meta = toy_teacher_metadata("resnet_tiny", num_classes, image_shape)
+  return checkpoint.Teacher(model, {"params": v["params"], "batch_stats": stats}, meta)

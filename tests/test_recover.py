@@ -11,11 +11,11 @@ import optax
 import pytest
 from jax.sharding import Mesh
 
-from infer_jax import models, recover, relabel
+from infer_jax import recover, relabel
 from infer_jax.core import augment, bn_stats, subsets
 from infer_jax.runtime import checkpoint
 from infer_jax.runtime.errors import InputError
-from tests.conftest import toy_teacher_metadata
+from tests.conftest import live_toy_teacher
 
 SHAPE = (8, 8, 3)
 C = 4
@@ -81,25 +81,7 @@ def test_random_resized_crop_is_differentiable_and_identity_at_full_scale():
 
 @pytest.fixture(scope="module")
 def teacher():
-  model = models.create_model("resnet_tiny", C)
-  v = jax.jit(lambda k: model.init(k, jnp.zeros((1, *SHAPE)), train=False))(
-    jax.random.key(0, impl="rbg")
-  )
-  rng = np.random.default_rng(0)
-
-  # Non-trivial running statistics: means around 0 (means around 1 would silence every ReLU
-  # and leave the logits, and so the cross-entropy's gradient, at exactly 0), variances
-  # in [0.5, 1.5].
-  def draw(path, a):
-    if path[-1].key == "mean":
-      return jnp.asarray(rng.normal(0, 0.2, a.shape), jnp.float32)
-    return jnp.asarray(rng.uniform(0.5, 1.5, a.shape), jnp.float32)
-
-  stats = jax.tree_util.tree_map_with_path(draw, v["batch_stats"])
-  meta = toy_teacher_metadata("resnet_tiny", C, SHAPE)
-  return checkpoint.Teacher(
-    model=model, variables={"params": v["params"], "batch_stats": stats}, metadata=meta
-  )
+  return live_toy_teacher(C, SHAPE)
 
 
 def _problem(k=3, seed=0):

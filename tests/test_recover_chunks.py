@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from infer_jax import models, recover, synthetic
+from infer_jax import recover, synthetic
 from infer_jax.runtime import checkpoint
 from infer_jax.runtime.errors import InputError
-from tests.conftest import toy_teacher_metadata
+from tests.conftest import live_toy_teacher
 
 SHAPE = (8, 8, 3)
 C = 4
@@ -27,22 +27,8 @@ QUIET = lambda s: None  # noqa: E731
 
 @functools.cache
 def _teacher() -> checkpoint.Teacher:
-  """A resnet_tiny teacher with live logits (random kernels, running statistics around
-  0 / 1), built once per module."""
-  model = models.create_model("resnet_tiny", C)
-  v = jax.jit(lambda k: model.init(k, jnp.zeros((1, *SHAPE)), train=False))(
-    jax.random.key(0, impl="rbg")
-  )
-  rng = np.random.default_rng(0)
-
-  def draw(path, a):
-    if path[-1].key == "mean":
-      return jnp.asarray(rng.normal(0, 0.2, a.shape), jnp.float32)
-    return jnp.asarray(rng.uniform(0.5, 1.5, a.shape), jnp.float32)
-
-  stats = jax.tree_util.tree_map_with_path(draw, v["batch_stats"])
-  meta = toy_teacher_metadata("resnet_tiny", C, SHAPE)
-  return checkpoint.Teacher(model, {"params": v["params"], "batch_stats": stats}, meta)
+  """The module's teacher, built once: :func:`tests.conftest.live_toy_teacher`."""
+  return live_toy_teacher(C, SHAPE)
 
 
 def _problem(k: int):
