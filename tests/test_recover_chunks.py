@@ -278,3 +278,27 @@ def test_settings_are_checked():
     recover.RecoverConfig(subset_chunk=-1)
   with pytest.raises(InputError, match=r"recover dtype must be one of \['float32', 'bfloat16'\]"):
     recover.RecoverConfig(dtype="float16")
+
+
+def test_the_plans_script_follows_recovers_own_layout_rule():
+  """benchmarks/scaling_plans.py lays out measured peaks with the rule of recover.plan_split:
+  on peaks that are exactly linear in the images per device, both choose the same image
+  shards and chunk for every K and memory size."""
+  import importlib.util
+  import os
+
+  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "scaling_plans.py")
+  spec = importlib.util.spec_from_file_location("scaling_plans", path)
+  plans = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(plans)
+  c, devices, per_image_mib = 1000, 16, 40.0
+  rows = {
+    ("t", i, "none", "float32"): {"peak_mib": -(-c // i) * per_image_mib, "images_per_device": 0}
+    for i in (1, 2, 4, 8, 16)
+  }
+  for k in (1, 9, 49):
+    for gib in (4, 16, 32, 80):
+      got = plans.plan(rows, "t", "none", "float32", k, devices, gib)
+      want = recover.plan_split(k, c, devices, per_image_mib * 2**20, 0, gib * 2**30)
+      n = -(-k // want[1])
+      assert (got["shards"], got["chunks"]) == (want[0], n), (k, gib, got, want)
