@@ -86,8 +86,9 @@ class RecoverConfig:
       at once wherever they fit, which is always on XLA:CPU (it reports no limit). The
       result does not depend on it.
     dtype: the teacher's computation dtype in recover, 'float32' or 'bfloat16' (bfloat16
-      halves activation memory on GPUs/TPUs; parameters, the BatchNorm moments, the loss,
-      the compensators and Adam stay float32).
+      shrinks the activations kept for the backward pass, to 62-69% of float32's residuals
+      on the ImageNet teachers, docs/scaling.md; parameters, the BatchNorm moments, the
+      loss, the compensators and Adam stay float32).
   """
 
   iterations: int = 1000
