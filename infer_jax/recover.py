@@ -492,7 +492,9 @@ def plan_split(
     ``(I, chunk)`` with ``1 <= chunk <= K``.
   """
   k = max(k, 1)
-  if not limit:
+  if not limit or (image_shards and devices % image_shards):
+    # No limit to plan for; or image shards that do not divide the devices, which the mesh
+    # refuses with a one-line error naming the divisors.
     return image_shards or 1, min(subset_chunk or k, k)
   budget = _MEMORY_FRACTION * limit
 

@@ -213,6 +213,8 @@ GIB = 2**30
     # Set image shards are kept and the chunk is chosen for them: 4 shards, 2 groups, 2 GiB
     # per subset and device, 6 subsets per device fit: chunks of 12.
     (dict(k=16, c=8, devices=8, per_image=GIB, fixed=0, limit=16 * GIB, image_shards=4), (4, 12)),
+    # Image shards that do not divide the devices are passed on for the mesh to refuse.
+    (dict(k=4, c=8, devices=8, per_image=GIB, fixed=0, limit=16 * GIB, image_shards=3), (3, 4)),
     # Nothing fits: the largest split, one subset per device.
     (dict(k=4, c=8, devices=8, per_image=64 * GIB, fixed=0, limit=16 * GIB), (8, 1)),
   ],
