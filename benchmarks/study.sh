@@ -34,6 +34,10 @@ if [ -z "${LD_PRELOAD:-}" ] && [ -e "$TCMALLOC" ]; then
 fi
 
 if [ "${1:-}" = save ]; then
+  if ! compgen -G "workdir/cifar10_study_*/" > /dev/null; then
+    echo "study.sh save: no workdir/cifar10_study_* here to save; $STATE is left as it is" >&2
+    exit 1
+  fi
   rm -rf "$STATE.tmp" && mkdir -p "$STATE.tmp"
   for d in workdir/cifar10_study_*/; do
     cp -r "$d" "$STATE.tmp/"
@@ -47,6 +51,8 @@ if [ "${1:-}" = save ]; then
       find "$parent" -mindepth 1 -maxdepth 1 -type d \( -regex '.*/[0-9]+' -o -name '*tmp*' \) \
         ! -name "$newest" -exec rm -rf {} +
     done
+  # A run's lock names a process of this machine; on another machine that pid may be alive.
+  find "$STATE.tmp" -name .infer_jax.lock -delete
   rm -rf "$STATE" && mv "$STATE.tmp" "$STATE"
   du -sh "$STATE"
   exit 0

@@ -323,8 +323,9 @@ def test_report_reads_a_summary_without_protocols(tmp_path):
 def test_study_state_is_saved_with_the_newest_checkpoints_and_restored(tmp_path):
   """`bash benchmarks/study.sh save` keeps a study's unfinished work for the next machine:
   every workdir/cifar10_study_* tree with only the newest step of each Orbax checkpoint
-  directory (older steps and saves in flight dropped, finished files kept); a later run on
-  a checkout without them starts from that copy."""
+  directory (older steps, saves in flight and run locks dropped, finished files kept); a
+  later run on a checkout without them starts from that copy. With nothing to save, the
+  saved copy is left as it is."""
   import shutil
   import subprocess
 
@@ -344,6 +345,7 @@ def test_study_state_is_saved_with_the_newest_checkpoints_and_restored(tmp_path)
   setting = root / "workdir" / "cifar10_study_ipc10"
   setting.mkdir()
   (setting / "summary.json").write_text('{"rows": []}')
+  (setting / ".infer_jax.lock").write_text("{}")  # names a process of this machine only
   (root / "workdir" / "other_run").mkdir()  # not the study's: not saved
   run = lambda *args: subprocess.run(  # noqa: E731
     ["bash", "benchmarks/study.sh", *args],
@@ -360,9 +362,13 @@ def test_study_state_is_saved_with_the_newest_checkpoints_and_restored(tmp_path)
   assert (state / "cifar10_study_teachers" / "mobilenetv2" / "teacher.json").exists()
   assert (state / "cifar10_study_ipc10" / "summary.json").read_text() == '{"rows": []}'
   assert not (state / "other_run").exists()
+  assert not (state / "cifar10_study_ipc10" / ".infer_jax.lock").exists()
   assert (train / "500").exists()  # the workdir itself is untouched
   shutil.rmtree(root / "workdir")
   (root / "workdir").mkdir()
+  out = run("save")  # nothing here to save: the copy stays
+  assert out.returncode == 1 and "left as it is" in out.stderr, out.stderr
+  assert (state / "cifar10_study_teachers" / "resnet18" / "train" / "1000").exists()
   out = run("ipc=10")  # PYTHON=true: the distill is a no-op, then the summary is copied
   assert "restoring workdir/cifar10_study_teachers" in out.stdout, out.stdout + out.stderr
   restored = root / "workdir" / "cifar10_study_teachers" / "resnet18" / "train"
