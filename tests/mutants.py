@@ -83,8 +83,8 @@ MUTATIONS = [
     "first_bn_wrong_layer",
     "the first-BN multiplier applied to the second BN layer",
     "infer_jax/recover.py",
-    "first_layer = bn_stats.bn_layer_order(teacher.model, teacher.variables, (c, *image_shape))[0]",
-    "first_layer = bn_stats.bn_layer_order(teacher.model, teacher.variables, (c, *image_shape))[1]",
+    "first_layer = bn_stats.bn_layer_order(model, teacher.variables, (c, *image_shape))[0]",
+    "first_layer = bn_stats.bn_layer_order(model, teacher.variables, (c, *image_shape))[1]",
     ("tests/test_recover.py",),
   ),
   Mutation(
