@@ -27,7 +27,7 @@ SHARED=${SHARED:-../shared/data}
 STATE=benchmarks/study_state
 mkdir -p data docs/results workdir
 # tcmalloc keeps XLA's large per-step buffers where glibc's malloc zero-fills fresh pages every
-# step: 40-70% faster teacher training here, bit-identical results (benchmarks/README.md).
+# step: 36-74% faster teacher training here, bit-identical results (benchmarks/README.md).
 TCMALLOC=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
 if [ -z "${LD_PRELOAD:-}" ] && [ -e "$TCMALLOC" ]; then
   export LD_PRELOAD=$TCMALLOC
