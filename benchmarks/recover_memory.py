@@ -58,15 +58,20 @@ ARCHS = ("resnet18", "mobilenetv2", "efficientnet_b0")
 SHARDS = (1, 2, 4, 8, 16)
 
 
+def _teacher(arch: str, c: int, shape, cfg: recover.RecoverConfig):
+  """``(module, abstract variables)`` of an ImageNet-stem ``arch`` teacher for C classes, the
+  module as recover runs it for ``cfg.dtype`` (float32 parameters, dtype compute)."""
+  stored = models.create_model(arch, c, stem="imagenet")
+  variables = checkpoint.abstract_variables(stored, shape)
+  return recover.compute_model(checkpoint.Teacher(stored, variables, {}), cfg), variables
+
+
 def measure(arch: str, size: int, c: int, shards: int, remat: str, dtype: str) -> dict:
   """Compiles one recover step (one subset, its images over ``shards`` devices) and returns
   its per-device memory (MiB), FLOPs and compile time."""
   shape = (size, size, 3)
   cfg = recover.RecoverConfig(iterations=1000, jitter=4, augment="roll", remat=remat, dtype=dtype)
-  stored = models.create_model(arch, c, stem="imagenet")
-  variables = checkpoint.abstract_variables(stored, shape)
-  # The module recover runs for recover.dtype (float32 parameters, dtype compute).
-  model = recover.compute_model(checkpoint.Teacher(stored, variables, {}), cfg)
+  model, variables = _teacher(arch, c, shape, cfg)
   c_pad = c + (-c % shards)
   first = bn_stats.bn_layer_order(model, variables, (c_pad // shards, *shape))[0]
   tx = recover.optimizer(cfg)
@@ -111,14 +116,12 @@ def measure(arch: str, size: int, c: int, shards: int, remat: str, dtype: str) -
   }
 
 
-def residual_mib(arch: str, size: int, images: int, remat: str, dtype: str) -> float:
-  """MiB of :func:`infer_jax.recover.residual_bytes` for one subset's ``images`` images on
-  one device (traced abstractly, nothing compiled)."""
+def residual_mib(arch: str, size: int, c: int, images: int, remat: str, dtype: str) -> float:
+  """MiB of :func:`infer_jax.recover.residual_bytes` for ``images`` images of one subset (C
+  classes) on one device (traced abstractly, nothing compiled)."""
   shape = (size, size, 3)
   cfg = recover.RecoverConfig(augment="roll", remat=remat, dtype=dtype)
-  stored = models.create_model(arch, 1000, stem="imagenet")
-  variables = checkpoint.abstract_variables(stored, shape)
-  model = recover.compute_model(checkpoint.Teacher(stored, variables, {}), cfg)
+  model, variables = _teacher(arch, c, shape, cfg)
   return round(recover.residual_bytes(model, variables, cfg, images, shape) / 2**20, 1)
 
 
@@ -144,7 +147,7 @@ def main() -> None:
   for r in rows:  # rows measured before the residuals were recorded
     if "residual_mib" not in r:
       r["residual_mib"] = residual_mib(
-        r["arch"], r["image_size"], r["images_per_device"], r["remat"], r["dtype"]
+        r["arch"], r["image_size"], r["classes"], r["images_per_device"], r["remat"], r["dtype"]
       )
       atomic.write_text(args.out, json.dumps(rows, indent=2) + "\n")
   done = {(r["arch"], r["image_shards"], r["remat"], r["dtype"]) for r in rows}
@@ -157,7 +160,7 @@ def main() -> None:
             continue
           row = measure(arch, args.size, args.classes, shards, remat, dtype)
           row["residual_mib"] = residual_mib(
-            arch, args.size, row["images_per_device"], remat, dtype
+            arch, args.size, args.classes, row["images_per_device"], remat, dtype
           )
           rows.append(row)
           print(
