@@ -173,6 +173,14 @@ def _cpu_jiffies() -> tuple[int, int] | None:
   return busy, int(own[11]) + int(own[12])  # utime + stime of every thread
 
 
+def usable_cores() -> int:
+  """The cores this process may run on: XLA:CPU's intra-op pool has one thread per core."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
+
+
 def timed_block(fn: Callable[[], Any]) -> dict[str, Any]:
   """Runs ``fn`` once; its wall time, the load average and other processes' CPU meanwhile."""
   before = _cpu_jiffies()
@@ -513,11 +521,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       raise SystemExit("--omp-passive must be set before torch is imported (run it as a script)")
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
   torch, ref, torch_mods = import_torch()
-  try:
-    threads = len(os.sched_getaffinity(0))
-  except AttributeError:
-    threads = os.cpu_count() or 1
-  torch.set_num_threads(threads)  # XLA:CPU's intra-op pool has one thread per usable core
+  torch.set_num_threads(usable_cores())
   command = shlex.join(["python", *(sys.argv if argv is None else ["vs_pytorch.py", *argv])])
   info = machine_info()
   info["torch"] = torch.__version__
