@@ -50,6 +50,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -242,6 +243,12 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
   # Refuse an impossible budget before any training.
   identities = squeeze.teacher_identities(config, info)
   subsets.num_subsets(config.ipc, info.num_classes, len(identities))
+  sweep = sweep_multipliers(config)
+  if sweep and "same_steps" not in evaluate.protocols(config):
+    raise InputError(
+      "config.evaluate.budget_sweep scales the same_steps rows' budget; set "
+      "config.evaluate.protocol to same_steps or both, or leave budget_sweep empty."
+    )
 
   t = time.perf_counter()
   teachers = squeeze.load_teachers(config, dataset, identities)
@@ -277,6 +284,7 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
       "config.evaluate.curve_every and full_data_epochs must be >= 0 (0 = off / the "
       f"protocol's rule); got {curve_every} and {full_data_epochs}."
     )
+
   # Rows written before protocols were recorded are same_steps rows.
   old_rows = {
     (r["key"], metrics.row_protocol(r)): r for r in previous.get("rows", []) if "key" in r
@@ -398,6 +406,24 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
   rows[:] = [by_key[k, p] for k in keys for p in protocols]
   metrics.dd_ranking(rows)
+  if sweep:
+
+    def retrain(row: dict[str, Any], cfg: Any) -> dict[str, Any]:
+      _, set_name, labels = METHODS[row["key"]]
+      s = get_set(set_name)
+      seed = [row["seeds"][0]]
+      return evaluate.evaluate_set(cfg, s, dataset, seeds=seed, labels=labels, teachers=teachers)
+
+    budget_sweep(
+      summary,
+      [by_key[k, "same_steps"] for k in keys if k in curve_keys],
+      sweep,
+      scfg,
+      retrain,
+      previous.get("budget_sweep", []),
+      lambda: _write_summary(summary_path, summary),
+      timings,
+    )
   timings["total (this run)"] = time.perf_counter() - t_start
   summary["stage_seconds"] = {k: round(v, 2) for k, v in timings.items()}
   summary["complete"] = True
@@ -405,6 +431,113 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
     _print_summary(summary)
   _write_summary(summary_path, summary)
   return summary
+
+
+def sweep_multipliers(config: ml_collections.ConfigDict) -> list[float]:
+  """``config.evaluate.budget_sweep`` ('0.5,2': comma-separated multiples of the row's steps)
+  as sorted floats; [] when empty.
+
+  Raises:
+    InputError: a multiplier that is not a positive number other than 1.
+  """
+  text = str(config.evaluate.get("budget_sweep", "") or "")
+  out = []
+  for item in (t.strip() for t in text.split(",")):
+    if not item:
+      continue
+    try:
+      value = float(item)
+    except ValueError:
+      value = -1.0
+    if value <= 0 or value == 1:
+      raise InputError(
+        "config.evaluate.budget_sweep must list positive multiples of the rows' steps other "
+        f"than 1, e.g. '0.5,2'; got {text!r}."
+      )
+    out.append(value)
+  return sorted(set(out))
+
+
+def budget_sweep(
+  summary: dict[str, Any],
+  rows: list[dict[str, Any]],
+  multipliers: list[float],
+  scfg: Any,
+  train: Callable[[dict[str, Any], Any], dict[str, Any]],
+  previous: list[dict[str, Any]],
+  write: Callable[[], None],
+  timings: dict[str, float],
+) -> list[dict[str, Any]]:
+  """Is the budget converged? Each row's student retrained at multiples of its steps.
+
+  A learning curve under a cosine schedule is not the final accuracy of a shorter run (the
+  rate has not decayed at the curve's midpoint), so the convergence check trains separate
+  students: for every row in ``rows`` (same_steps rows of ``evaluate.curve_methods``) and
+  every multiplier, one student (the row's first seed) with ``round(epochs * multiplier)``
+  epochs. The row's own first-seed result is the multiplier-1 point. Points already in
+  ``previous`` with the same fingerprint are kept; ``summary['budget_sweep']`` is written
+  (``write()``) after every new point.
+
+  Args:
+    summary: the comparison's summary; gets the ``'budget_sweep'`` list.
+    rows: the rows to sweep (with their result and fingerprint).
+    multipliers: multiples of each row's epochs (not 1).
+    scfg: the student recipe of the rows.
+    train: ``train(row, cfg) -> evaluate.evaluate_set`` result of one student (the row's
+      first seed) with recipe ``cfg``.
+    previous: the points of an earlier run's summary.
+    write: rewrites the summary.
+    timings: stage wall times, added to.
+
+  Returns:
+    ``summary['budget_sweep']``: ``[{'key', 'method', 'multiplier', 'epochs', 'steps',
+    'seed', 'final_top1', 'fingerprint'}]`` ordered by row and steps; ``final_top1`` in
+    [0, 1].
+  """
+  kept = {json.dumps(p["fingerprint"], sort_keys=True): p for p in previous if "fingerprint" in p}
+  points: list[dict[str, Any]] = []
+  summary["budget_sweep"] = points
+  for row in rows:
+    seed = row["seeds"][0]
+    base = {"key": row["key"], "method": row["method"], "seed": seed}
+    own = {**base, "multiplier": 1.0, "epochs": row["epochs"], "steps": row["steps"]}
+    points.append({**own, "final_top1": row["final_top1"][0], "fingerprint": row["fingerprint"]})
+    for mult in multipliers:
+      epochs = max(1, round(row["epochs"] * mult))
+      cfg = dataclasses.replace(scfg, epochs=epochs)
+      fingerprint = _json(
+        {
+          **row["fingerprint"],
+          "student": dataclasses.asdict(cfg),
+          "seeds": [seed],
+          "budget_multiplier": mult,
+        }
+      )
+      fingerprint.pop("curve_every", None)
+      old = kept.get(json.dumps(fingerprint, sort_keys=True))
+      if old is not None:
+        print(f"[distill] budget x{mult:g} of {row['method']}: kept (same set, student, seed)")
+        points.append(old)
+        continue
+      print(f"[distill] budget x{mult:g} of {row['method']}: {epochs} epochs, seed {seed}")
+      t = time.perf_counter()
+      result = train(row, cfg)
+      timings[f"budget x{mult:g}: {row['method']}"] = round(time.perf_counter() - t, 2)
+      points.append(
+        {
+          **base,
+          "multiplier": mult,
+          "epochs": epochs,
+          "steps": result["steps"],
+          "final_top1": result["final_top1"][0],
+          "fingerprint": fingerprint,
+        }
+      )
+      points.sort(key=lambda p: ([r["key"] for r in rows].index(p["key"]), p["steps"]))
+      summary["stage_seconds"] = {k: round(v, 2) for k, v in timings.items()}
+      write()
+  points.sort(key=lambda p: ([r["key"] for r in rows].index(p["key"]), p["steps"]))
+  return points
 
 
 def quantized_infer_set(s: synthetic.SyntheticSet) -> synthetic.SyntheticSet:
@@ -475,6 +608,11 @@ def _print_summary(summary: dict[str, Any]) -> None:
       f"{r['bytes']['total']:>13,} {r['bytes']['compression_ratio']:>8.4f}"
     )
   print(f"  seeds {summary['seeds']}; final-epoch top-1, sample std over seeds")
+  for method, points in metrics.sweep_by_method(summary.get("budget_sweep") or []).items():
+    print(
+      f"  budget sweep, {method} (seed {points[0]['seed']}): "
+      + ", ".join(f"{p['steps']} steps {100 * p['final_top1']:.2f}%" for p in points)
+    )
   print(
     "  stage wall time: " + ", ".join(f"{k} {v:.1f}s" for k, v in summary["stage_seconds"].items())
   )

@@ -250,6 +250,29 @@ def _side_by_side(groups: list[tuple[str, list[dict[str, Any]]]]) -> list[str]:
   return out
 
 
+def _sweep_table(summary: dict[str, Any]) -> list[str]:
+  """Lines of the budget-sweep table (docs/protocol.md), or [] when the summary has none."""
+  by_method = metrics.sweep_by_method(summary.get("budget_sweep") or [])
+  if not by_method:
+    return []
+  out = [
+    "",
+    "Is the budget converged? Final top-1 of one student (first seed) per budget, the rows' "
+    "own budget marked *, and the change from each budget to the next (docs/protocol.md):",
+    "",
+    "| method | budget (steps): final top-1 % | change to the next budget (points) |",
+    "|---|---|---|",
+  ]
+  for method, points in by_method.items():
+    cells = ", ".join(
+      f"{p['steps']:,}{'*' if p.get('multiplier') == 1 else ''}: {_pct(p['final_top1'])}"
+      for p in points
+    )
+    changes = ", ".join(f"{a:,} → {b:,}: {_signed(d)}" for a, b, d in metrics.sweep_changes(points))
+    out.append(f"| {method} | {cells} | {changes or '–'} |")
+  return out
+
+
 def setting_markdown(
   summary: dict[str, Any], figures: dict[str, str], extra: dict[str, list[str]] | None = None
 ) -> str:
@@ -286,6 +309,7 @@ def setting_markdown(
     out += _comparison_table(part)
     out += ["", f"Where INFER wins and where it does not ({protocol}):", ""]
     out += [f"- {line}" for line in comparisons(part)] or ["- (no INFER row)"]
+  out += _sweep_table(summary)
   out += [
     "",
     "IOR: top-1 minus Random's (hard-label rows: Random with hard labels) under the same "
@@ -315,10 +339,10 @@ def setting_markdown(
 
 def plot_curves(summary: dict[str, Any], path: str) -> bool:
   """Learning curves (test top-1 against optimisation steps, first seed) of the rows that
-  recorded one; solid same_steps, dashed same_epochs. Returns False (nothing written) when no
-  row has a curve."""
+  recorded one, solid same_steps, dashed same_epochs; and the budget sweep's final top-1 per
+  run length as crosses. Returns False (nothing written) when there is neither."""
   rows = [r for r in summary["rows"] if r.get("curve")]
-  if not rows:
+  if not rows and not summary.get("budget_sweep"):
     return False
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(6, 3.8))
@@ -335,6 +359,16 @@ def plot_curves(summary: dict[str, Any], path: str) -> bool:
       label=f"{r['method']} ({protocol}, seed {r['seeds'][0]})",
     )[0]
     colours.setdefault(r["key"], line.get_color())
+  for method, points in metrics.sweep_by_method(summary.get("budget_sweep") or []).items():
+    ax.plot(
+      [p["steps"] for p in points],
+      [100 * p["final_top1"] for p in points],
+      linestyle="none",
+      marker="x",
+      markersize=7,
+      color=colours.get(points[0]["key"]),
+      label=f"{method}: final top-1 of a run of that length",
+    )
   ax.axhline(100 * chance(summary), color="grey", linestyle=":", linewidth=1)
   ax.set_xlabel("optimisation steps")
   ax.set_ylabel("test top-1 %")

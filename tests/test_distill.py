@@ -344,3 +344,61 @@ def test_rows_without_a_protocol_are_kept_as_same_steps(tmp_path, made, capsys):
   assert "kept from" in capsys.readouterr().out
   assert again["rows"][0]["protocol"] == "same_steps"
   assert again["rows"][0]["final_top1"] == first["rows"][0]["final_top1"]
+
+
+def test_budget_sweep_trains_one_student_per_multiple_equal_to_a_run_of_that_budget(
+  tmp_path, made, capsys
+):
+  # INFER: 4 epochs x 7 steps; x0.5 -> 2 epochs (14 steps), x2 -> 8 (56). Random (same_steps):
+  # 9 epochs x 3 steps; x0.5 -> round(4.5) = 4 (12 steps), x2 -> 18 (54).
+  work = _copy(tmp_path, made)
+  c = distill_config(work)  # random,infer: the module's rows are kept
+  c.evaluate.budget_sweep = "2, 0.5"
+  summary = distill.distill(c)
+  points = [(p["key"], p["multiplier"], p["epochs"], p["steps"]) for p in summary["budget_sweep"]]
+  assert points == [
+    ("random", 0.5, 4, 12),
+    ("random", 1.0, 9, 27),
+    ("random", 2.0, 18, 54),
+    ("infer", 0.5, 2, 14),
+    ("infer", 1.0, 4, 28),
+    ("infer", 2.0, 8, 56),
+  ]
+  rows = {r["key"]: r for r in summary["rows"]}
+  sweep = {(p["key"], p["multiplier"]): p for p in summary["budget_sweep"]}
+  for key in ("random", "infer"):
+    assert sweep[key, 1.0]["final_top1"] == rows[key]["final_top1"][0]
+  # A point is the student a run with that budget trains: INFER at 2 epochs, the same seed.
+  c2 = distill_config(_copy(tmp_path, made, "half"), methods="infer")
+  c2.student.epochs = 2
+  half = distill.distill(c2)
+  assert half["rows"][0]["final_top1"][0] == sweep["infer", 0.5]["final_top1"]
+  # Rerun: every point kept; the report tabulates them.
+  capsys.readouterr()
+  again = distill.distill(c)
+  assert capsys.readouterr().out.count("kept (same set, student, seed)") == 4
+  assert again["budget_sweep"] == summary["budget_sweep"]
+  from infer_jax import report
+
+  out = tmp_path / "report" / "results.md"
+  report.write_report([str(work / "summary.json")], str(out), command="test")
+  text = out.read_text()
+  assert "| INFER | 14: " in text and "14 → 28: " in text and "28 → 56: " in text
+  assert (tmp_path / "report" / "figures").is_dir()
+
+
+@pytest.mark.parametrize(
+  ("sweep", "protocol", "message"),
+  [
+    ("1", "same_steps", "other than 1"),
+    ("half", "same_steps", "positive multiples"),
+    ("0.5", "same_epochs", "scales the same_steps rows"),
+  ],
+)
+def test_bad_budget_sweep_is_refused_before_any_work(tmp_path, sweep, protocol, message):
+  c = distill_config(tmp_path / "w")
+  c.evaluate.budget_sweep = sweep
+  c.evaluate.protocol = protocol
+  with pytest.raises(InputError, match=message):
+    distill.distill(c)
+  assert not (tmp_path / "w" / "teachers").exists()

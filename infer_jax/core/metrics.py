@@ -5,6 +5,9 @@
   over random), HLR (hard-label recovery) and LRS (label-robust score) from them.
   :func:`lrs` and :func:`dd_ranking` compute them from a comparison's rows; accuracies are
   fractions in [0, 1], never percentages.
+* Budget convergence: a comparison's budget sweep (one student per multiple of a row's
+  steps) grouped per method (:func:`sweep_by_method`) and the change of final accuracy from
+  each budget to the next (:func:`sweep_changes`).
 * Feature duplication (the INFER paper's Figure 4a): the mean pairwise cosine similarity of a
   teacher's penultimate features within each class (:func:`within_class_cosine`).
 """
@@ -75,6 +78,36 @@ def dd_ranking(rows: Sequence[dict[str, Any]], weight: float = LRS_WEIGHT) -> No
 def _set(row: dict[str, Any]) -> str:
   """The set a row trained on, without the '_hard' suffix of a hard-label copy."""
   return str(row.get("set", row["key"])).removesuffix("_hard")
+
+
+def sweep_by_method(points: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+  """A budget sweep's points (``distill.budget_sweep``) per method, each list by steps.
+
+  Args:
+    points: dicts with at least ``'method'``, ``'steps'`` and ``'final_top1'``.
+
+  Returns:
+    ``{method: [point, ...]}`` in the order the methods first appear, points by ``steps``.
+  """
+  out: dict[str, list[dict[str, Any]]] = {}
+  for p in points:
+    out.setdefault(p["method"], []).append(p)
+  return {m: sorted(ps, key=lambda p: p["steps"]) for m, ps in out.items()}
+
+
+def sweep_changes(points: Sequence[dict[str, Any]]) -> list[tuple[int, int, float]]:
+  """``[(steps, next steps, final_top1 at next - at steps), ...]`` of one method's sweep.
+
+  Args:
+    points: one method's points, sorted by ``steps`` (:func:`sweep_by_method`).
+
+  Returns:
+    One tuple per consecutive pair; the change is a fraction (x 100 for points).
+  """
+  return [
+    (int(a["steps"]), int(b["steps"]), float(b["final_top1"] - a["final_top1"]))
+    for a, b in zip(points[:-1], points[1:], strict=True)
+  ]
 
 
 def within_class_cosine(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -126,6 +126,10 @@ def base_config() -> ml_collections.ConfigDict:
   # the rows of curve_methods (comma-separated method keys).
   c.evaluate.curve_every = 0
   c.evaluate.curve_methods = "infer,random"
+  # distill: is the budget converged? Multiples of the same_steps rows' steps ('0.5,2') at
+  # which the rows of curve_methods train one more student each (first seed), recorded as the
+  # summary's budget_sweep; '' = off.
+  c.evaluate.budget_sweep = ""
   # distill: epochs of the full_data row (the whole training set, hard labels) under both
   # protocols; 0 = the protocol's rule (same_epochs: student.epochs; same_steps: the INFER
   # set's steps).
