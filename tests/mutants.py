@@ -231,6 +231,14 @@ MUTATIONS = [
     "    return -(-chunk // (devices // i)) * -(-c // i) * per_image <= budget\n",
     ("tests/test_recover_chunks.py", "-k", "plan_split"),
   ),
+  Mutation(
+    "sweep_scales_configured_epochs",
+    "the budget sweep scaling student.epochs instead of the row's own (same_steps) epochs",
+    "infer_jax/distill.py",
+    '      epochs = max(1, round(row["epochs"] * mult))\n',
+    "      epochs = max(1, round(scfg.epochs * mult))  # MUTANT\n",
+    ("tests/test_distill.py", "-k", "budget_sweep_trains"),
+  ),
 ]
 
 
