@@ -152,7 +152,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     f"{'other cpu':>9}",
     flush=True,
   )
-  totals = {"ours": 0.0, "torch": 0.0}
   for spec in resnet18_convs(args.width):
     for pass_ in ("fwd", "bwd"):
       ours, theirs = conv_pair(torch, spec, args.batch, pass_)
@@ -160,8 +159,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       row = {**spec, "pass": pass_, **m}
       row["ours_ms"] = round(1e3 / m["ours_per_s"], 2)
       row["torch_ms"] = round(1e3 / m["torch_per_s"], 2)
-      totals["ours"] += spec["count"] * row["ours_ms"]
-      totals["torch"] += spec["count"] * row["torch_ms"]
       payload["rows"].append(row)
       print(
         f"{spec['name']:<18} {pass_:<4} {spec['count']:>2} {row['ours_ms']:>8.1f} "
@@ -187,14 +184,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     **m,
     "row_s": round(time.perf_counter() - t0, 1),
   }
-  payload["summary"] = {
-    side: {
+  payload["summary"] = {}
+  for side in ("ours", "torch"):
+    convs = sum(r["count"] * r[f"{side}_ms"] for r in payload["rows"])
+    payload["summary"][side] = {
       "step_ms": step[f"{side}_ms"],
-      "convs_ms": round(totals[side], 1),
-      "rest_ms": round(step[f"{side}_ms"] - totals[side], 1),
+      "convs_ms": round(convs, 1),
+      "rest_ms": round(step[f"{side}_ms"] - convs, 1),
     }
-    for side in ("ours", "torch")
-  }
   payload["loadavg_after"] = _loadavg()
   write_json(args.out, payload)
   for side, s in payload["summary"].items():

@@ -284,7 +284,6 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
       "config.evaluate.curve_every and full_data_epochs must be >= 0 (0 = off / the "
       f"protocol's rule); got {curve_every} and {full_data_epochs}."
     )
-
   # Rows written before protocols were recorded are same_steps rows.
   old_rows = {
     (r["key"], metrics.row_protocol(r)): r for r in previous.get("rows", []) if "key" in r
@@ -495,13 +494,26 @@ def budget_sweep(
     [0, 1].
   """
   kept = {json.dumps(p["fingerprint"], sort_keys=True): p for p in previous if "fingerprint" in p}
+  row_order = {r["key"]: i for i, r in enumerate(rows)}
   points: list[dict[str, Any]] = []
   summary["budget_sweep"] = points
+
+  def in_order() -> None:  # by row, then by steps
+    points.sort(key=lambda p: (row_order[p["key"]], p["steps"]))
+
   for row in rows:
     seed = row["seeds"][0]
     base = {"key": row["key"], "method": row["method"], "seed": seed}
-    own = {**base, "multiplier": 1.0, "epochs": row["epochs"], "steps": row["steps"]}
-    points.append({**own, "final_top1": row["final_top1"][0], "fingerprint": row["fingerprint"]})
+    points.append(
+      {
+        **base,
+        "multiplier": 1.0,
+        "epochs": row["epochs"],
+        "steps": row["steps"],
+        "final_top1": row["final_top1"][0],
+        "fingerprint": row["fingerprint"],
+      }
+    )
     for mult in multipliers:
       epochs = max(1, round(row["epochs"] * mult))
       cfg = dataclasses.replace(scfg, epochs=epochs)
@@ -533,10 +545,10 @@ def budget_sweep(
           "fingerprint": fingerprint,
         }
       )
-      points.sort(key=lambda p: ([r["key"] for r in rows].index(p["key"]), p["steps"]))
+      in_order()
       summary["stage_seconds"] = {k: round(v, 2) for k, v in timings.items()}
       write()
-  points.sort(key=lambda p: ([r["key"] for r in rows].index(p["key"]), p["steps"]))
+  in_order()
   return points
 
 
