@@ -40,6 +40,14 @@ from infer_jax.runtime.errors import InputError, guarded
 
 # Methods compared against INFER in the generated statements, by row key.
 _BASELINES = ("random_hard", "random", "infer_wo_ufc", "sre2l")
+# Which rows each row is stated against: INFER and +Dyn against the baselines (+Dyn also
+# against INFER), and the small-storage INFER set against float32 INFER, the comparison that
+# decides whether uint8 compensators and float16 labels can be the default (docs/protocol.md).
+_COMPARED = {
+  "infer": _BASELINES,
+  "infer_dyn": (*_BASELINES, "infer"),
+  "infer_uint8": ("infer",),
+}
 
 
 # What every row of a summary needs for the report's tables and figures.
@@ -148,7 +156,8 @@ def _signed(x: float | None) -> str:
 
 
 def comparisons(summary: dict[str, Any]) -> list[str]:
-  """Plain statements of INFER against each baseline present.
+  """Plain statements of INFER and INFER+Dyn against each baseline present, and of the
+  uint8-compensator INFER set against float32 INFER (``_COMPARED``).
 
   A difference is called a win or a loss only when it exceeds the larger of the two sample
   standard deviations; otherwise the two are "within noise". Two rows that are both near
@@ -161,11 +170,11 @@ def comparisons(summary: dict[str, Any]) -> list[str]:
       f"**Every method is near chance here** (chance is {_pct(chance(summary))}%): at this "
       "budget no student learnt enough for these rows to rank the methods."
     )
-  for key in ("infer", "infer_dyn"):
+  for key, against in _COMPARED.items():
     if key not in rows:
       continue
     ours = rows[key]
-    for other_key in (*_BASELINES, *(("infer",) if key == "infer_dyn" else ())):
+    for other_key in against:
       if other_key not in rows:
         continue
       other = rows[other_key]

@@ -311,6 +311,25 @@ def test_report_does_not_rank_rows_near_chance(tmp_path):
   assert lines == [lines[0]] and lines[0].startswith("INFER beats Random: 31.00 ± 1.00")
 
 
+def test_report_states_uint8_storage_against_float32_infer(tmp_path):
+  """The row that decides the storage default is stated against float32 INFER only."""
+  infer = _row("infer", "INFER", "static", [0.60, 0.61, 0.62], 5000)
+  small = _row("infer_uint8", "INFER (uint8 u, float16 labels)", "static", [0.60, 0.6, 0.61], 3000)
+  random = _row("random", "Random", "static", [0.50, 0.52, 0.51], 3000)
+  lines = report.comparisons(_summary(tmp_path, 10, [random, infer, small]))
+  about = [x for x in lines if x.startswith("INFER (uint8")]
+  assert about == [
+    "INFER (uint8 u, float16 labels) within noise of INFER: 60.33 ± 0.58 vs 61.00 ± 1.00 "
+    "(-0.67 points; stored bytes 3,000 vs 5,000)."
+  ]
+  small = _row("infer_uint8", "INFER (uint8 u, float16 labels)", "static", [0.55, 0.56, 0.57], 3000)
+  lines = report.comparisons(_summary(tmp_path, 10, [infer, small]))
+  assert lines == [
+    "INFER (uint8 u, float16 labels) **loses to** INFER: 56.00 ± 1.00 vs 61.00 ± 1.00 "
+    "(-5.00 points; stored bytes 3,000 vs 5,000)."
+  ]
+
+
 def test_report_refuses_files_that_are_not_summaries(tmp_path):
   bad = tmp_path / "x.json"
   bad.write_text(json.dumps({"rows": []}))
