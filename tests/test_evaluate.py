@@ -314,7 +314,7 @@ def test_report_does_not_rank_rows_near_chance(tmp_path):
 def test_report_states_uint8_storage_against_float32_infer(tmp_path):
   """The row that decides the storage default is stated against float32 INFER only."""
   infer = _row("infer", "INFER", "static", [0.60, 0.61, 0.62], 5000)
-  small = _row("infer_uint8", "INFER (uint8 u, float16 labels)", "static", [0.60, 0.6, 0.61], 3000)
+  small = _row("infer_uint8", "INFER (uint8 u, float16 labels)", "static", [0.60, 0.60, 0.61], 3000)
   random = _row("random", "Random", "static", [0.50, 0.52, 0.51], 3000)
   lines = report.comparisons(_summary(tmp_path, 10, [random, infer, small]))
   about = [x for x in lines if x.startswith("INFER (uint8")]
