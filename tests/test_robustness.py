@@ -19,6 +19,7 @@ from infer_jax.data import sources
 from infer_jax.runtime import checkpoint
 from infer_jax.runtime.errors import InputError
 from tests.test_squeeze import REPO, tiny_config
+from tests.test_study import fake_summary
 
 TEACHERS = "resnet_tiny,convnet_tiny"
 
@@ -365,7 +366,7 @@ def test_export_and_report_into_a_read_only_place(made, tmp_path, capsys, monkey
   err = capsys.readouterr().err
   assert "the file system is read-only" in err and str(tmp_path / "ro") in err
   assert "Traceback" not in err
-  summary = os.path.join(REPO, "docs", "results", "cifar10_cpu_ipc10.json")
+  summary = str(fake_summary(tmp_path / "summary.json"))
   assert report.main([summary, "--out", str(tmp_path / "ro" / "r.md")]) == 1
   err = capsys.readouterr().err
   assert "the file system is read-only" in err and "Traceback" not in err
@@ -484,17 +485,17 @@ def test_results_json_with_a_malformed_row(tmp_path, capsys):
 
   from infer_jax import report
 
-  with open(os.path.join(REPO, "docs", "results", "cifar10_cpu_ipc10.json")) as f:
-    summary = json.load(f)
-  del summary["rows"][1]["final_top1_mean"]
-  bad = tmp_path / "bad.json"
+  bad = fake_summary(tmp_path / "bad.json")
+  summary = json.loads(bad.read_text())
+  del summary["rows"][2]["final_top1_mean"]
+  summary["rows"][2]["command"] = "python -m infer_jax.distill --config.methods=random"
   bad.write_text(json.dumps(summary))
   out = tmp_path / "report.md"
   out.write_text("previous report")
   before = snapshot(tmp_path)
   assert report.main([str(bad), "--out", str(out)]) == 2
   err = capsys.readouterr().err
-  assert "row 1 (Random) lacks or has malformed final_top1_mean" in err
+  assert "row 2 (Random) lacks or has malformed final_top1_mean" in err
   assert "--config.methods=random`" in err and "Traceback" not in err
   assert snapshot(tmp_path) == before
 

@@ -211,7 +211,9 @@ def test_student_records_a_learning_curve():
   assert off["final_top1"] == r["final_top1"]  # testing along the way changes nothing
 
 
-def _fake_summary(path, *, protocols=("same_steps", "same_epochs"), curves=True, features=True):
+def fake_summary(path, *, protocols=("same_steps", "same_epochs"), curves=True, features=True):
+  """Writes a complete summary.json of four rows per protocol to `path` and returns `path`."""
+
   def row(key, method, set_name, labels, top1, protocol, steps):
     r = {
       "key": key,
@@ -285,7 +287,7 @@ def _fake_summary(path, *, protocols=("same_steps", "same_epochs"), curves=True,
 
 
 def test_report_shows_both_protocols_curves_and_feature_similarity(tmp_path):
-  src = _fake_summary(tmp_path / "both.json")
+  src = fake_summary(tmp_path / "both.json")
   out = tmp_path / "docs" / "results.md"
   info = report.write_report([str(src)], str(out), command="python -m infer_jax.report x")
   text = out.read_text()
@@ -308,7 +310,7 @@ def test_report_shows_both_protocols_curves_and_feature_similarity(tmp_path):
 
 def test_report_reads_a_summary_without_protocols(tmp_path):
   # Rows written before protocols were recorded: one same_steps table, scores computed.
-  src = _fake_summary(tmp_path / "old.json", protocols=(None,), curves=False, features=False)
+  src = fake_summary(tmp_path / "old.json", protocols=(None,), curves=False, features=False)
   loaded = report.load_results([str(src)])[0]
   assert {r["protocol"] for r in loaded["rows"]} == {"same_steps"}
   assert [r["ior"] for r in loaded["rows"]] == pytest.approx([0.6, 0.0, 0.0, 0.1])
