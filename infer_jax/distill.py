@@ -168,6 +168,7 @@ COMPUTE_ORDER = (
 )
 # What a row copies from a student run it shares with another protocol's row.
 _RESULT_KEYS = (
+  "seeds",
   "final_top1",
   "final_top1_mean",
   "final_top1_std",
@@ -361,7 +362,14 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
     accepted = [fingerprint] + ([run] if old is not None and "protocol" not in old else [])
     if old is not None and _comparable_fingerprint(old.get("fingerprint")) in accepted:
       print(f"[distill] {name} ({protocol}): kept from {summary_path} (same set, student, seeds)")
-      by_key[key, protocol] = {**old, "protocol": protocol, "fingerprint": fingerprint}
+      # The fingerprint holds the seeds; rows shared across protocols used to be written
+      # without them (the report needs them), so a kept row gets them back.
+      by_key[key, protocol] = {
+        "seeds": eval_seeds,
+        **old,
+        "protocol": protocol,
+        "fingerprint": fingerprint,
+      }
       runs.setdefault(run_id, old)
       continue
     label = name if len(protocols) == 1 else f"{name} ({protocol})"

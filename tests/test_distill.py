@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from infer_jax import distill, export, synthetic
+from infer_jax import distill, export, report, synthetic
 from infer_jax.runtime import checkpoint
 from infer_jax.runtime.errors import InputError
 from tests.test_squeeze import REPO, tiny_config
@@ -295,6 +295,8 @@ def test_distill_both_protocols_full_data_curves_and_scores(tmp_path, made):
   # INFER's training is the same under both protocols: one run, the same numbers.
   assert rows["infer", "same_steps"]["final_top1"] == rows["infer", "same_epochs"]["final_top1"]
   assert rows["infer", "same_steps"]["fingerprint"] != rows["infer", "same_epochs"]["fingerprint"]
+  assert set(rows["infer", "same_epochs"]) == set(rows["infer", "same_steps"])  # a whole row
+  assert rows["infer", "same_epochs"]["seeds"] == rows["infer", "same_steps"]["seeds"] == [0]
   # Curves for INFER and Random only (evaluate.curve_methods), every 10 steps and the last.
   assert [s for s, _ in rows["random", "same_steps"]["curve"]] == [10, 20, 27]
   assert [s for s, _ in rows["infer", "same_epochs"]["curve"]] == [10, 20, 28]
@@ -318,9 +320,21 @@ def test_distill_both_protocols_full_data_curves_and_scores(tmp_path, made):
   assert set(fs["resnet_tiny"]) == {"real", "infer"}  # no SRe2L-style row requested
   assert fs["resnet_tiny"]["infer"]["instances"] == 240
   assert -1.0 <= fs["resnet_tiny"]["real"]["mean"] <= 1.0
-  # A rerun keeps every row; a same_steps-only rerun keeps its rows too.
+  # The report reads the summary as distill wrote it (curves, both protocols, features).
+  report.write_report([str(work / "summary.json")], str(tmp_path / "results.md"))
+  text = (tmp_path / "results.md").read_text()
+  assert "![learning curves]" in text and "![within-class feature similarity]" in text
+  # A rerun keeps every row, and gives a shared row written without its seeds (as earlier
+  # versions did) its seeds back; a same_steps-only rerun keeps its rows too.
+  path = work / "summary.json"
+  old = json.loads(path.read_text())
+  del next(r for r in old["rows"] if r["key"] == "infer_uint8" and r["protocol"] == "same_epochs")[
+    "seeds"
+  ]
+  path.write_text(json.dumps(old))
   again = distill.distill(c)
   assert [r["final_top1"] for r in again["rows"]] == [r["final_top1"] for r in summary["rows"]]
+  assert [r["seeds"] for r in again["rows"]] == [[0]] * 10
   c.evaluate.protocol = "same_steps"
   c.evaluate.feature_similarity = False
   only = distill.distill(c)
