@@ -411,7 +411,9 @@ def plot_feature_similarity(summary: dict[str, Any], path: str) -> bool:
   ax.set_ylabel("mean within-class cosine similarity")
   ax.set_title(f"{title(summary)}: feature duplication", fontsize=10)
   ax.grid(alpha=0.3, axis="y")
-  ax.legend(fontsize=7, loc="best")
+  # Cosine similarities are at most 1: the headroom above keeps the legend off the bars.
+  ax.set_ylim(top=1.2)
+  ax.legend(fontsize=7, loc="upper center", ncol=len(kinds), frameon=False)
   fig.tight_layout()
   _save_figure(fig, path)
   plt.close(fig)
@@ -419,31 +421,30 @@ def plot_feature_similarity(summary: dict[str, Any], path: str) -> bool:
 
 
 def plot_accuracy_vs_ratio(results: list[dict[str, Any]], path: str) -> None:
-  """Top-1 (mean ± std) against compression ratio, one marker per method (log x axis)."""
+  """Top-1 (mean ± std) against compression ratio (log x axis): one panel per setting and
+  protocol, one colour and marker per method, the same in every panel, and one legend below
+  the panels (a study's 20-odd rows would bury a legend drawn inside an axis)."""
   plt = _pyplot()
-  fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 3.6), squeeze=False)
-  markers = dict(
-    zip(
-      ("random_hard", "random", "infer_wo_ufc", "sre2l", "infer", "infer_dyn"),
-      "vs^Do*",
-      strict=True,
-    )
+  panels = [(s, protocol, rows) for s in results for protocol, rows in protocol_groups(s)]
+  methods = list(dict.fromkeys(r["method"] for _, _, rows in panels for r in rows))
+  colours = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")
+  style = {m: (colours(i % colours.N), "os^Dv<>pP*Xhd"[i % 13]) for i, m in enumerate(methods)}
+  fig, axes = plt.subplots(
+    1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False, layout="constrained"
   )
-  for ax, summary in zip(axes[0], results, strict=True):
-    several = len(protocol_groups(summary)) > 1
-    for r in summary["rows"]:
-      protocol = metrics.row_protocol(r)
-      hollow = several and protocol == "same_epochs"
-      ax.errorbar(
+  handles: dict[str, Any] = {}
+  for ax, (summary, protocol, rows) in zip(axes[0], panels, strict=True):
+    for r in rows:
+      colour, marker = style[r["method"]]
+      handles[r["method"]] = ax.errorbar(
         r["bytes"]["compression_ratio"],
         100 * r["final_top1_mean"],
         yerr=100 * r["final_top1_std"],
-        marker=markers.get(r["key"], "o"),
+        color=colour,
+        marker=marker,
         markersize=8 if r["key"].startswith("infer") else 6,
         capsize=3,
         linestyle="none",
-        markerfacecolor="none" if hollow else None,
-        label=f"{r['method']} ({protocol})" if several else r["method"],
       )
     ax.set_xscale("log")
     # Minor-tick labels of a narrow log range overprint one another; keep the major ones.
@@ -457,12 +458,19 @@ def plot_accuracy_vs_ratio(results: list[dict[str, Any]], path: str) -> None:
       color="grey",
       va="bottom",
     )
-    ax.set_xlabel("compression ratio (stored bytes / training set bytes)")
+    ax.set_xlabel("compression ratio (stored bytes / training set bytes)", fontsize=8)
     ax.set_ylabel("top-1 % (final epoch)")
-    ax.set_title(title(summary), fontsize=10)
+    several = len(protocol_groups(summary)) > 1
+    ax.set_title(f"{title(summary)}" + (f", {protocol}" if several else ""), fontsize=10)
     ax.grid(alpha=0.3)
-  axes[0][0].legend(fontsize=7, loc="best")
-  fig.tight_layout()
+  fig.legend(
+    list(handles.values()),
+    list(handles),
+    loc="outside lower center",
+    ncol=min(3, len(handles)),
+    fontsize=7,
+    frameon=False,
+  )
   _save_figure(fig, path)
   plt.close(fig)
 

@@ -306,6 +306,23 @@ def test_report_shows_both_protocols_curves_and_feature_similarity(tmp_path):
   assert {"curves_toy__ipc_10.png", "feature_similarity_toy__ipc_10.png"} <= names
   assert "figures/curves_toy__ipc_10.png" in text
   assert "figures/feature_similarity_toy__ipc_10.png" in text
+  # Accuracy against compression: one panel per protocol, twice the one-protocol width.
+  accuracy = out.parent / "figures" / "accuracy_vs_compression.png"
+  one = report.write_report(
+    [str(fake_summary(tmp_path / "one.json", protocols=("same_steps",)))],
+    str(tmp_path / "one" / "results.md"),
+    command="x",
+  )
+  (one_png,) = [f for f in one["figures"] if f.endswith("accuracy_vs_compression.png")]
+  assert _png_width(accuracy) == pytest.approx(2 * _png_width(one_png), rel=0.05)
+
+
+def _png_width(path) -> int:
+  """A PNG's width in pixels, from its IHDR chunk."""
+  with open(path, "rb") as f:
+    head = f.read(24)
+  assert head[:8] == b"\x89PNG\r\n\x1a\n"
+  return int.from_bytes(head[16:20], "big")
 
 
 def test_report_reads_a_summary_without_protocols(tmp_path):
