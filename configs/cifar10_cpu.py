@@ -1,4 +1,4 @@
-r"""CIFAR-10 INFER sized for a 2-core CPU: the real-data benchmark of docs/results.md.
+r"""CIFAR-10 INFER sized for a 2-core CPU: the real-data smoke benchmark.
 
     python ../shared/data/prepare.py cifar10 data      # -> data/cifar10.npz (JPEG q75 copy)
     python -m infer_jax.distill --config=configs/cifar10_cpu.py:ipc=10

@@ -1,4 +1,4 @@
-r"""Tiny-ImageNet-100pc INFER sized for a 2-core CPU: the real-data benchmark of docs/results.md.
+r"""Tiny-ImageNet-100pc INFER sized for a 2-core CPU: the real-data smoke benchmark.
 
     python ../shared/data/prepare.py tinyimagenet-100pc data   # -> data/tinyimagenet-100pc.npz
     python -m infer_jax.distill --config=configs/tinyimagenet_cpu.py
