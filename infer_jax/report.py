@@ -429,11 +429,16 @@ def plot_accuracy_vs_ratio(results: list[dict[str, Any]], path: str) -> None:
   methods = list(dict.fromkeys(r["method"] for _, _, rows in panels for r in rows))
   colours = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")
   style = {m: (colours(i % colours.N), "os^Dv<>pP*Xhd"[i % 13]) for i, m in enumerate(methods)}
+  # Two panels a row: a setting's two protocols side by side, settings one under another.
+  ncols = min(2, len(panels))
+  nrows = -(-len(panels) // ncols)
   fig, axes = plt.subplots(
-    1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False, layout="constrained"
+    nrows, ncols, figsize=(4.5 * ncols, 3.6 * nrows), squeeze=False, layout="constrained"
   )
+  for ax in axes.flat[len(panels) :]:
+    ax.set_visible(False)
   handles: dict[str, Any] = {}
-  for ax, (summary, protocol, rows) in zip(axes[0], panels, strict=True):
+  for ax, (summary, protocol, rows) in zip(axes.flat, panels, strict=False):
     for r in rows:
       colour, marker = style[r["method"]]
       handles[r["method"]] = ax.errorbar(
