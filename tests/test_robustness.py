@@ -251,7 +251,14 @@ def test_workdir_lock_with_real_processes(tmp_path):
   args = _squeeze_args(
     work, "--config.squeeze.epochs=200", "--config.squeeze.checkpoint_every_steps=20"
   )
-  cmd = [sys.executable, "-m", "infer_jax.squeeze", *args]
+  # A process started in the background of a shell without job control (`pytest ... &`)
+  # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler: the
+  # child sets it itself, so the Ctrl-C below reaches it however the tests were started.
+  ctrl_c = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'infer_jax.squeeze'; runpy.run_module('infer_jax.squeeze', run_name='__main__')"
+  )
+  cmd = [sys.executable, "-c", ctrl_c, *args]
   first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
     _wait_for(lock_path, first)
