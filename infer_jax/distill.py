@@ -406,7 +406,15 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
       "fingerprint": fingerprint,
       "command": provenance.command_line("infer_jax.distill", **overrides),
     }
-    rows[:] = [by_key[k, p] for k in keys for p in protocols if (k, p) in by_key]
+    # The earlier summary's rows that the plan has not reached yet stay in the file (each is
+    # checked against its fingerprint when reached): a run stopped before them, e.g. a rerun
+    # at a new budget stopped before the full-data row it would keep, must not lose them.
+    rows[:] = [
+      by_key.get((k, p)) or old_rows[k, p]
+      for k in keys
+      for p in protocols
+      if (k, p) in by_key or (k, p) in old_rows
+    ]
     metrics.dd_ranking(rows)
     summary["stage_seconds"] = {k: round(v, 2) for k, v in timings.items()}
     _write_summary(summary_path, summary)

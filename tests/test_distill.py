@@ -148,6 +148,37 @@ def test_the_whole_comparison_resumes_row_by_row(tmp_path, made, capsys):
   assert again["rows"][0]["final_top1"][0] == rows["random"]["final_top1"][0]  # same seed 0
 
 
+def test_a_stopped_rerun_keeps_the_finished_rows_it_has_not_reached(
+  tmp_path, made, monkeypatch, capsys
+):
+  # INFER (first in the plan) must be retrained, Random (after it) is kept: a run stopped
+  # right after INFER's new row is written still has Random's row in its summary.
+  work = _copy(tmp_path, made)
+  path = work / "summary.json"
+  old = json.loads(path.read_text())
+  (infer,) = [r for r in old["rows"] if r["key"] == "infer"]
+  infer["fingerprint"]["labels"] = "changed"
+  path.write_text(json.dumps(old))
+  write = distill._write_summary
+
+  def stop_after_one_write(p, s):
+    write(p, s)
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(distill, "_write_summary", stop_after_one_write)
+  with pytest.raises(KeyboardInterrupt):
+    distill.distill(distill_config(work))
+  rows = {r["key"]: r for r in json.loads(path.read_text())["rows"]}
+  assert rows["random"]["final_top1"] == made[1]["rows"][0]["final_top1"]
+  assert rows["infer"]["fingerprint"]["labels"] == "static"  # the new row
+  # The next run keeps both: nothing is retrained.
+  monkeypatch.undo()
+  capsys.readouterr()
+  again = distill.distill(distill_config(work))
+  assert capsys.readouterr().out.count("kept from") == 2
+  assert [r["final_top1"] for r in again["rows"]] == [r["final_top1"] for r in made[1]["rows"]]
+
+
 @pytest.mark.slow
 def test_sigkill_mid_recover_resumes_to_the_same_synthetic_set(tmp_path, teachers_dir, made):
   # The uninterrupted run is the module's (same teachers, recover settings and seed).
