@@ -425,7 +425,11 @@ def plot_accuracy_vs_ratio(results: list[dict[str, Any]], path: str) -> None:
   protocol, one colour and marker per method, the same in every panel, and one legend below
   the panels (a study's 20-odd rows would bury a legend drawn inside an axis)."""
   plt = _pyplot()
-  panels = [(s, protocol, rows) for s in results for protocol, rows in protocol_groups(s)]
+  # (summary, protocol named in the title or None where the setting has one, rows)
+  panels = []
+  for s in results:
+    groups = protocol_groups(s)
+    panels += [(s, p if len(groups) > 1 else None, rows) for p, rows in groups]
   methods = list(dict.fromkeys(r["method"] for _, _, rows in panels for r in rows))
   colours = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")
   style = {m: (colours(i % colours.N), "os^Dv<>pP*Xhd"[i % 13]) for i, m in enumerate(methods)}
@@ -465,8 +469,7 @@ def plot_accuracy_vs_ratio(results: list[dict[str, Any]], path: str) -> None:
     )
     ax.set_xlabel("compression ratio (stored bytes / training set bytes)", fontsize=8)
     ax.set_ylabel("top-1 % (final epoch)")
-    several = len(protocol_groups(summary)) > 1
-    ax.set_title(f"{title(summary)}" + (f", {protocol}" if several else ""), fontsize=10)
+    ax.set_title(title(summary) + (f", {protocol}" if protocol else ""), fontsize=10)
     ax.grid(alpha=0.3)
   fig.legend(
     list(handles.values()),
