@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from infer_jax import distill, evaluate, report, student
 from infer_jax.core import metrics, subsets
@@ -314,15 +315,9 @@ def test_report_shows_both_protocols_curves_and_feature_similarity(tmp_path):
     command="x",
   )
   (one_png,) = [f for f in one["figures"] if f.endswith("accuracy_vs_compression.png")]
-  assert _png_width(accuracy) == pytest.approx(2 * _png_width(one_png), rel=0.05)
-
-
-def _png_width(path) -> int:
-  """A PNG's width in pixels, from its IHDR chunk."""
-  with open(path, "rb") as f:
-    head = f.read(24)
-  assert head[:8] == b"\x89PNG\r\n\x1a\n"
-  return int.from_bytes(head[16:20], "big")
+  with Image.open(accuracy) as both, Image.open(one_png) as single:
+    assert both.format == single.format == "PNG"
+    assert both.width == pytest.approx(2 * single.width, rel=0.05)
 
 
 def test_report_reads_a_summary_without_protocols(tmp_path):
