@@ -116,6 +116,11 @@ def _top1(row: dict[str, Any]) -> str:
   return f"{_pct(row['final_top1_mean'])} ± {_pct(row['final_top1_std'])}"
 
 
+def _count(n: Any) -> str:
+  """An integer count with thousands separators (``2,000``), or '–' where it is missing."""
+  return "–" if n is None else f"{int(n):,}"
+
+
 def _seconds(s: float) -> str:
   s = float(s)
   return f"{s / 60:.1f} min" if s >= 90 else f"{s:.0f} s"
@@ -254,7 +259,8 @@ def _side_by_side(groups: list[tuple[str, list[dict[str, Any]]]]) -> list[str]:
     cells = []
     for p in names:
       r = by.get((p, key))
-      cells += ["–", "–"] if r is None else [_top1(r), f"{r.get('epochs', '–')} × {r['steps']:,}"]
+      steps = None if r is None else f"{_count(r.get('epochs'))} × {r['steps']:,}"
+      cells += ["–", "–"] if r is None else [_top1(r), steps]
     out.append(f"| {first['method']} | {first['labels']} | " + " | ".join(cells) + " |")
   return out
 

@@ -183,6 +183,23 @@ def test_command_line_replaces_overridden_flags():
   assert cmd == "python -m infer_jax.distill --config=configs/tiny.py --config.methods=random"
 
 
+def test_hardware_names_the_cpu_model(monkeypatch, tmp_path):
+  """The record names the CPU model (two machines' timings are compared by it), read from
+  /proc/cpuinfo where there is one, else the platform's processor or architecture."""
+  hw = provenance.hardware()
+  assert isinstance(hw["processor"], str) and hw["processor"]
+  cpuinfo = tmp_path / "cpuinfo"
+  cpuinfo.write_text("processor\t: 0\nvendor_id\t: X\nmodel name\t: Example CPU 9000\n")
+  real_open = open
+  monkeypatch.setattr(
+    "builtins.open", lambda f, *a, **k: real_open(cpuinfo if f == "/proc/cpuinfo" else f, *a, **k)
+  )
+  assert provenance.cpu_model() == "Example CPU 9000"
+  cpuinfo.write_text("processor\t: 0\n")  # no model line (some ARM kernels): the fallback
+  fallback = provenance.platform.processor() or provenance.platform.machine()
+  assert provenance.cpu_model() == fallback
+
+
 def test_evaluate_cli_writes_its_json(tmp_path, small_set):
   path = tmp_path / "set.npz"
   synthetic.save(str(path), small_set)

@@ -287,6 +287,18 @@ def fake_summary(path, *, protocols=("same_steps", "same_epochs"), curves=True, 
   return path
 
 
+def test_report_writes_epoch_and_step_counts_with_thousands_separators(tmp_path):
+  src = fake_summary(tmp_path / "long.json")
+  summary = json.loads(src.read_text())
+  for r in summary["rows"]:
+    if r["key"] == "infer" and r["protocol"] == "same_steps":
+      r["epochs"], r["steps"] = 2000, 4000
+  src.write_text(json.dumps(summary))
+  out = tmp_path / "results.md"
+  report.write_report([str(src)], str(out), command="python -m infer_jax.report x")
+  assert "| INFER | static | 50.00 ± 1.00 | 2,000 × 4,000 |" in out.read_text()
+
+
 def test_report_shows_both_protocols_curves_and_feature_similarity(tmp_path):
   src = fake_summary(tmp_path / "both.json")
   out = tmp_path / "docs" / "results.md"

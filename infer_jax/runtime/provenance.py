@@ -34,5 +34,20 @@ def hardware() -> dict[str, Any]:
     "process_count": jax.process_count(),
     "cpu_count": os.cpu_count(),
     "machine": platform.machine(),
-    "processor": platform.processor() or platform.machine(),
+    "processor": cpu_model(),
   }
+
+
+def cpu_model() -> str:
+  """The host CPU's model name, e.g. ``AMD EPYC 7B13``: on Linux ``platform.processor()``
+  says only ``x86_64``, too little to compare two machines' timings, so /proc/cpuinfo's
+  ``model name`` is read there; elsewhere the platform's answer, or the architecture."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+          return value.strip()
+  except OSError:
+    pass  # not Linux, or /proc not mounted: fall back to what the platform module knows
+  return platform.processor() or platform.machine()
