@@ -409,12 +409,8 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
     # The earlier summary's rows that the plan has not reached yet stay in the file (each is
     # checked against its fingerprint when reached): a run stopped before them, e.g. a rerun
     # at a new budget stopped before the full-data row it would keep, must not lose them.
-    rows[:] = [
-      by_key.get((k, p)) or old_rows[k, p]
-      for k in keys
-      for p in protocols
-      if (k, p) in by_key or (k, p) in old_rows
-    ]
+    written = {**old_rows, **by_key}
+    rows[:] = [written[k, p] for k in keys for p in protocols if (k, p) in written]
     metrics.dd_ranking(rows)
     summary["stage_seconds"] = {k: round(v, 2) for k, v in timings.items()}
     _write_summary(summary_path, summary)

@@ -259,8 +259,10 @@ def _side_by_side(groups: list[tuple[str, list[dict[str, Any]]]]) -> list[str]:
     cells = []
     for p in names:
       r = by.get((p, key))
-      steps = None if r is None else f"{_count(r.get('epochs'))} × {r['steps']:,}"
-      cells += ["–", "–"] if r is None else [_top1(r), steps]
+      if r is None:
+        cells += ["–", "–"]
+      else:
+        cells += [_top1(r), f"{_count(r.get('epochs'))} × {r['steps']:,}"]
     out.append(f"| {first['method']} | {first['labels']} | " + " | ".join(cells) + " |")
   return out
 

@@ -183,21 +183,18 @@ def test_command_line_replaces_overridden_flags():
   assert cmd == "python -m infer_jax.distill --config=configs/tiny.py --config.methods=random"
 
 
-def test_hardware_names_the_cpu_model(monkeypatch, tmp_path):
+def test_hardware_names_the_cpu_model(tmp_path):
   """The record names the CPU model (two machines' timings are compared by it), read from
   /proc/cpuinfo where there is one, else the platform's processor or architecture."""
   hw = provenance.hardware()
   assert isinstance(hw["processor"], str) and hw["processor"]
   cpuinfo = tmp_path / "cpuinfo"
   cpuinfo.write_text("processor\t: 0\nvendor_id\t: X\nmodel name\t: Example CPU 9000\n")
-  real_open = open
-  monkeypatch.setattr(
-    "builtins.open", lambda f, *a, **k: real_open(cpuinfo if f == "/proc/cpuinfo" else f, *a, **k)
-  )
-  assert provenance.cpu_model() == "Example CPU 9000"
+  assert provenance.cpu_model(str(cpuinfo)) == "Example CPU 9000"
   cpuinfo.write_text("processor\t: 0\n")  # no model line (some ARM kernels): the fallback
   fallback = provenance.platform.processor() or provenance.platform.machine()
-  assert provenance.cpu_model() == fallback
+  assert provenance.cpu_model(str(cpuinfo)) == fallback
+  assert provenance.cpu_model(str(tmp_path / "none")) == fallback  # no /proc (macOS)
 
 
 def test_evaluate_cli_writes_its_json(tmp_path, small_set):

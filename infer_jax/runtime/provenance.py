@@ -38,12 +38,12 @@ def hardware() -> dict[str, Any]:
   }
 
 
-def cpu_model() -> str:
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
   """The host CPU's model name, e.g. ``AMD EPYC 7B13``: on Linux ``platform.processor()``
   says only ``x86_64``, too little to compare two machines' timings, so /proc/cpuinfo's
   ``model name`` is read there; elsewhere the platform's answer, or the architecture."""
   try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
+    with open(cpuinfo, encoding="utf-8") as f:
       for line in f:
         key, _, value = line.partition(":")
         if key.strip() == "model name" and value.strip():
