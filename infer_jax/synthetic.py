@@ -309,6 +309,9 @@ EXECUTION_SETTINGS: dict[str, tuple[str, ...]] = {
 LATER_SETTINGS: dict[str, dict[str, Any]] = {
   "recover": {"dtype": "float32"},
 }
+# A set's ``storage`` metadata when compensators and labels are float32: sets written before
+# storage was recorded lack the key, and compare as this.
+FLOAT32_STORAGE = {"compensators": "float32", "labels": "float32"}
 
 
 def comparable_metadata(metadata: Mapping[str, Any]) -> dict:
@@ -316,6 +319,8 @@ def comparable_metadata(metadata: Mapping[str, Any]) -> dict:
   share to be the same set. Used by :func:`load`'s ``expected`` check and by the row
   fingerprints of a comparison's summary."""
   out = normalize_metadata(metadata)
+  if "storage" in out and _storage(out) == FLOAT32_STORAGE:
+    del out["storage"]  # as sets written before storage was recorded (FLOAT32_STORAGE)
   for section in EXECUTION_SETTINGS.keys() | LATER_SETTINGS.keys():
     if isinstance(out.get(section), dict):
       keys, later = EXECUTION_SETTINGS.get(section, ()), LATER_SETTINGS.get(section, {})
@@ -738,15 +743,27 @@ def load(path: str, *, expected: Mapping[str, Any] | None = None) -> SyntheticSe
   if expected:
     # Execution settings (EXECUTION_SETTINGS) are recorded but not compared.
     want, have = comparable_metadata(expected), comparable_metadata(metadata)
+    if "storage" in expected:
+      # Compared even when float32 (left out of comparable_metadata), so a float32 run never
+      # takes a uint8 set for its own, nor the other way round.
+      want["storage"], have["storage"] = _storage(expected), _storage(metadata)
     diffs = [
       f"{key}: file has {have.get(key, '<missing>')!r}, expected {value!r}"
       for key, value in want.items()
       if have.get(key) != value
     ]
     if diffs:
+      hint = ""
+      if "storage" in want and want["storage"] != have["storage"]:
+        flags = [
+          f"--config.synthetic.{key}={have['storage'][kind]}"
+          for kind, key in (("compensators", "compensator_dtype"), ("labels", "label_dtype"))
+          if have["storage"][kind] != want["storage"][kind]
+        ]
+        hint = f" To use it as it is stored, run with {' '.join(flags)}."
       raise InputError(
         f"The synthetic set {path} does not match this run ({'; '.join(diffs)}). Use the set "
-        "made for this dataset and setting, or regenerate it."
+        f"made for this dataset and setting, or regenerate it.{hint}"
       )
   return s
 
@@ -756,11 +773,17 @@ def set_metadata(config, info, teachers, method: str, k: int, m: int) -> dict[st
   dataset's ``DatasetInfo``, ``teachers``: the M teachers; ``k``, ``m``: the set's K and M).
 
   ``storage`` (``{'compensators': dtype, 'labels': dtype}``, the config's
-  ``synthetic.compensator_dtype`` / ``label_dtype``) is recorded only when one of them is not
-  float32: its absence means float32, so sets written before it existed still match."""
+  ``synthetic.compensator_dtype`` / ``label_dtype``; labels only when M = 0) is always
+  recorded; a set written before it was recorded lacks it and reads as
+  :data:`FLOAT32_STORAGE`, which :func:`comparable_metadata` leaves out, so such sets and
+  their rows' fingerprints still match."""
   storage = storage_metadata(config)
+  if m == 0:
+    # A set without compensators stores none: their dtype is not part of what it is (a
+    # Random or SRe2L-style set stays reusable when only compensator_dtype changes).
+    del storage["compensators"]
   return {
-    **({"storage": storage} if storage else {}),
+    "storage": storage,
     "method": method,
     "dataset": info.name,
     "num_classes": info.num_classes,
@@ -779,14 +802,18 @@ def set_metadata(config, info, teachers, method: str, k: int, m: int) -> dict[st
   }
 
 
-def storage_metadata(config) -> dict[str, str] | None:
-  """``{'compensators': dtype, 'labels': dtype}`` of ``config.synthetic``, or None when both
-  are float32 (the default, recorded by absence)."""
-  storage = {
+def storage_metadata(config) -> dict[str, str]:
+  """``{'compensators': dtype, 'labels': dtype}`` of ``config.synthetic``."""
+  return {
     "compensators": str(config.synthetic.compensator_dtype),
     "labels": str(config.synthetic.label_dtype),
   }
-  return None if storage == {"compensators": "float32", "labels": "float32"} else storage
+
+
+def _storage(metadata: Mapping[str, Any]) -> dict[str, str]:
+  """The ``storage`` of a set's metadata, float32 (:data:`FLOAT32_STORAGE`) for each kind it
+  does not record."""
+  return {**FLOAT32_STORAGE, **(metadata.get("storage") or {})}
 
 
 def save_on_primary(path: str, s: SyntheticSet) -> SyntheticSet:

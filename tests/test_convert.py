@@ -577,6 +577,9 @@ def test_distill_uses_a_converted_teacher_like_a_squeezed_one(tmp_path, capsys):
   config.recover.log_every = 0
   config.student.epochs = 1
   config.methods = "infer"
+  # float32 storage: the stored labels are the teacher's logits on the stored instances to
+  # float rounding (uint8 u and float16 labels, the default, are within their own rounding).
+  config.synthetic.compensator_dtype = config.synthetic.label_dtype = "float32"
   info = sources.load_from_config(config.data).info
   ref = _tiny_checkpoint(seed=2, arch="resnet18")
   path = tmp_path / "resnet18.pth"

@@ -81,10 +81,14 @@ def test_distill_end_to_end_and_reuse(tmp_path, made, capsys):
     assert b["total"] == b["images"] + b["compensators"] + b["labels"] + b["teachers"]
     assert b["compression_ratio"] == pytest.approx(b["total"] / (1438 * 8 * 8 * 3))
     assert row["command"].endswith(f"--config.methods={row['key']}")
-  assert infer["bytes"]["compensators"] == 8 * 2 * 8 * 8 * 3 * 4  # K*M float32 images
+  # The default storage: K*M uint8 compensators with a float32 scale and offset each, and
+  # float16 labels (K*(M+1)*C*classes).
+  assert infer["bytes"]["compensators"] == 8 * 2 * (8 * 8 * 3 + 8)
+  assert infer["bytes"]["labels"] == 8 * 3 * 10 * 10 * 2
   assert os.path.exists(work / "summary.json")
   s = synthetic.load(str(work / "synthetic" / "infer.npz"), expected={"dataset": "digits"})
   assert s.compensators.shape == (8, 2, 8, 8, 3) and s.labels.shape == (8, 3, 10, 10)
+  assert s.quantized and s.labels.dtype == np.float16
   assert len(np.unique(s.source_indices)) == 80  # K*C distinct real images
   assert {"squeeze", "recover", "relabel", "total (this run)"} <= set(summary["stage_seconds"])
   png = tmp_path / "png"
@@ -241,6 +245,8 @@ def test_static_labels_are_the_teachers_mean_on_the_un_augmented_instances(tmp_p
       )
     )
   c = distill_config(tmp_path / "w", iterations=2, checkpoint_every=0)
+  # float32 storage: the labels are checked to float rounding against the stored u.
+  c.synthetic.compensator_dtype = c.synthetic.label_dtype = "float32"
   s = distill.build_infer_set(c, dataset, teachers, {})
   assert (s.K, s.M, s.C) == (8, 2, 10)
   mean = np.asarray(dataset.info.mean, np.float32)

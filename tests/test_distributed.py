@@ -42,6 +42,10 @@ TINY = [
   # Two rows: one chosen from the real images, one recovered. The six-row comparison would
   # add four more student trainings on each side to what the test compares (the INFER set).
   "--config.methods=random,infer",
+  # float32 storage: the INFER sets of the runs are compared to float rounding (uint8 codes,
+  # the default, would move by a whole step where rounding straddles a code boundary).
+  "--config.synthetic.compensator_dtype=float32",
+  "--config.synthetic.label_dtype=float32",
 ]
 
 

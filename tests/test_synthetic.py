@@ -547,12 +547,56 @@ def test_uint8_compensators_need_scale_and_offset():
     synthetic.cast(_random_set(), compensator_dtype="int8")
 
 
-def test_storage_metadata_records_non_default_dtypes():
+def test_a_set_is_reused_only_by_a_run_of_its_own_storage(tmp_path):
+  """uint8 / float16 is the default; a float32 set (recorded, or written before storage was
+  recorded) is refused by it with the flags that read it, and a uint8 set by a float32 run;
+  a float32 set with and without the key is the same set (same fingerprint)."""
   import ml_collections
 
-  c = ml_collections.ConfigDict({"synthetic": {"compensator_dtype": "float32"}})
-  c.synthetic.label_dtype = "float32"
-  assert synthetic.storage_metadata(c) is None
-  c.synthetic.compensator_dtype = "uint8"
-  c.synthetic.label_dtype = "float16"
-  assert synthetic.storage_metadata(c) == {"compensators": "uint8", "labels": "float16"}
+  from infer_jax.runtime import config_lib
+
+  c = config_lib.base_config()
+  small = synthetic.storage_metadata(c)
+  assert small == {"compensators": "uint8", "labels": "float16"}
+  c32 = ml_collections.ConfigDict({"synthetic": {"compensator_dtype": "float32"}})
+  c32.synthetic.label_dtype = "float32"
+  f32 = synthetic.storage_metadata(c32)
+  s = _random_set()
+  legacy, recorded = str(tmp_path / "legacy.npz"), str(tmp_path / "f32.npz")
+  synthetic.save(legacy, s)  # no storage key, as sets were written before it existed
+  synthetic.save(recorded, dataclasses.replace(s, metadata={**s.metadata, "storage": f32}))
+  quantized = str(tmp_path / "u8.npz")
+  synthetic.save(
+    quantized,
+    dataclasses.replace(
+      synthetic.cast(s, compensator_dtype="uint8", label_dtype="float16"),
+      metadata={**s.metadata, "storage": small},
+    ),
+  )
+  for path in (legacy, recorded):
+    assert synthetic.load(path, expected={**s.metadata, "storage": f32}).metadata["K"] == 2
+    with pytest.raises(InputError) as e:
+      synthetic.load(path, expected={**s.metadata, "storage": small})
+    assert str(e.value).endswith(
+      "--config.synthetic.compensator_dtype=float32 --config.synthetic.label_dtype=float32."
+    )
+  with pytest.raises(InputError, match="storage: file has .*uint8.* expected .*float32"):
+    synthetic.load(quantized, expected={**s.metadata, "storage": f32})
+  assert synthetic.load(quantized, expected={**s.metadata, "storage": small}).quantized
+  # A partial expectation without storage does not compare it.
+  assert synthetic.load(quantized, expected={"K": 2}).quantized
+  assert synthetic.comparable_metadata(
+    {**s.metadata, "storage": f32}
+  ) == synthetic.comparable_metadata(s.metadata)
+  # A set without compensators records its labels' dtype only: a change of
+  # compensator_dtype keeps it; a change of label_dtype names that flag alone.
+  plain = _random_set(m=0)
+  path = str(tmp_path / "random.npz")
+  synthetic.save(path, dataclasses.replace(plain, metadata={**plain.metadata, "storage": f32}))
+  assert synthetic.comparable_metadata(
+    {**plain.metadata, "storage": {"labels": "float32"}}
+  ) == synthetic.comparable_metadata(plain.metadata)
+  assert synthetic.load(path, expected={**plain.metadata, "storage": {"labels": "float32"}})
+  with pytest.raises(InputError) as e:
+    synthetic.load(path, expected={**plain.metadata, "storage": {"labels": "float16"}})
+  assert str(e.value).endswith("run with --config.synthetic.label_dtype=float32.")
