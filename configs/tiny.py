@@ -9,8 +9,9 @@ ResNet-18 / MobileNetV2 / EfficientNet-B0 / ShuffleNet v1 (g=2) with a block or 
 stage and a few channels, because XLA compilation of the full-depth networks alone would
 take minutes on a 2-core CPU; they reach roughly 75-95% test top-1 (chance: 10%). With
 ipc 10 and M = 4 teachers, K = 7 subsets. The job then runs the six-row comparison (one
-evaluation seed each). On an idle 2-core CPU it takes 1 min 28 s from an empty workdir
-(teachers 24 s, recover 10 s, the six students about 50 s); with the cores loaded by other
+evaluation seed each). On an idle 2-core CPU it took 2 min 6 s from an empty workdir on
+2026-12-07 (teachers 36 s, recover 15 s, the six students about 66 s; 1 min 28 s on an
+earlier machine of the same kind); with the cores loaded by other
 jobs it took 7 min 50 s. This config is the smoke test of
 the pipeline, not a benchmark: iterations, widths and epochs are cut to the bone (+Dyn
 gets 20 epochs, too few to learn at this size), so its accuracies say nothing about the
