@@ -31,7 +31,8 @@
 
    Further rows on request: ``infer_hard`` / ``infer_wo_ufc_hard`` / ``sre2l_hard`` (a set
    with hard labels, for DD-Ranking's HLR), ``infer_uint8`` (the INFER set with uint8
-   compensators and float16 labels, about Random's bytes) and ``full_data`` (the whole real
+   compensators and float16 labels, about Random's bytes; ``infer_uint8_hard`` is its HLR
+   row) and ``full_data`` (the whole real
    training set, hard labels). Every row gets DD-Ranking's ``ior``, ``hlr`` and ``lrs``
    (:func:`infer_jax.core.metrics.dd_ranking`; None where a needed row is absent), and,
    with ``config.evaluate.curve_every > 0``, the rows of ``config.evaluate.curve_methods``
@@ -146,6 +147,7 @@ METHODS: dict[str, tuple[str, str, str]] = {
   "infer_hard": ("INFER (hard labels)", "infer_hard", "hard"),
   "infer": ("INFER", "infer", "static"),
   "infer_uint8": ("INFER (uint8 u, float16 labels)", "infer_uint8", "static"),
+  "infer_uint8_hard": ("INFER (uint8 u, hard labels)", "infer_uint8_hard", "hard"),
   "infer_dyn": ("INFER+Dyn", "infer", "dynamic"),
 }
 
@@ -161,6 +163,7 @@ COMPUTE_ORDER = (
   "infer_dyn",
   "infer_uint8",
   "infer_hard",
+  "infer_uint8_hard",
   "infer_wo_ufc_hard",
   "sre2l",
   "sre2l_hard",

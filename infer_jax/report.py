@@ -47,6 +47,7 @@ _COMPARED = {
   "infer": _BASELINES,
   "infer_dyn": (*_BASELINES, "infer"),
   "infer_uint8": ("infer",),
+  "infer_uint8_hard": ("infer_hard",),
 }
 
 

@@ -310,7 +310,9 @@ def test_distill_both_protocols_full_data_curves_and_scores(tmp_path, made):
   #   full data round(28 / 44) = 1 -> 44;
   # same_epochs: INFER 4 -> 28 (the same run as same_steps), Random 4 -> 12, full 4 -> 176.
   work = _copy(tmp_path, made)  # the INFER set is reused
-  c = distill_config(work, methods="random_hard,random,infer,infer_uint8,full_data")
+  c = distill_config(
+    work, methods="random_hard,random,infer,infer_uint8_hard,infer_uint8,full_data"
+  )
   c.evaluate.protocol = "both"
   c.evaluate.curve_every = 10
   c.evaluate.feature_similarity = True
@@ -327,6 +329,8 @@ def test_distill_both_protocols_full_data_curves_and_scores(tmp_path, made):
     ("infer", "same_epochs"): (4, 28),
     ("infer_uint8", "same_steps"): (4, 28),
     ("infer_uint8", "same_epochs"): (4, 28),
+    ("infer_uint8_hard", "same_steps"): (4, 28),
+    ("infer_uint8_hard", "same_epochs"): (4, 28),
   }
   rows = {(r["key"], r["protocol"]): r for r in summary["rows"]}
   # INFER's training is the same under both protocols: one run, the same numbers.
@@ -348,6 +352,14 @@ def test_distill_both_protocols_full_data_curves_and_scores(tmp_path, made):
   assert full["hlr"] == 0.0
   hlr = full["final_top1_mean"] - rows["random_hard", "same_epochs"]["final_top1_mean"]
   assert rows["random", "same_epochs"]["hlr"] == pytest.approx(hlr)
+  # The uint8 set's HLR comes from its own hard-label copy, not the float32 INFER set's.
+  u8_hard = rows["infer_uint8_hard", "same_steps"]
+  u8 = rows["infer_uint8", "same_steps"]
+  assert u8_hard["bytes"]["labels"] == 0
+  assert u8_hard["bytes"]["compensators"] == u8["bytes"]["compensators"]
+  for p in ("same_steps", "same_epochs"):
+    ref = rows["full_data", p]["final_top1_mean"] - u8_hard["final_top1_mean"]
+    assert rows["infer_uint8", p]["hlr"] == pytest.approx(ref)
   # uint8 compensators: K*M*H*W*3 bytes + 8*K*M for scale and offset; float16 labels.
   b = rows["infer_uint8", "same_steps"]["bytes"]
   assert b["compensators"] == 8 * 2 * 8 * 8 * 3 + 8 * 8 * 2
@@ -370,11 +382,11 @@ def test_distill_both_protocols_full_data_curves_and_scores(tmp_path, made):
   path.write_text(json.dumps(old))
   again = distill.distill(c)
   assert [r["final_top1"] for r in again["rows"]] == [r["final_top1"] for r in summary["rows"]]
-  assert [r["seeds"] for r in again["rows"]] == [[0]] * 10
+  assert [r["seeds"] for r in again["rows"]] == [[0]] * 12
   c.evaluate.protocol = "same_steps"
   c.evaluate.feature_similarity = False
   only = distill.distill(c)
-  assert [r["protocol"] for r in only["rows"]] == ["same_steps"] * 5
+  assert [r["protocol"] for r in only["rows"]] == ["same_steps"] * 6
   assert only["rows"][0]["final_top1"] == rows["full_data", "same_steps"]["final_top1"]
 
 
