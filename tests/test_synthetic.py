@@ -561,6 +561,7 @@ def test_a_set_is_reused_only_by_a_run_of_its_own_storage(tmp_path):
   c32 = ml_collections.ConfigDict({"synthetic": {"compensator_dtype": "float32"}})
   c32.synthetic.label_dtype = "float32"
   f32 = synthetic.storage_metadata(c32)
+  assert f32 == synthetic.FLOAT32_STORAGE
   s = _random_set()
   legacy, recorded = str(tmp_path / "legacy.npz"), str(tmp_path / "f32.npz")
   synthetic.save(legacy, s)  # no storage key, as sets were written before it existed
