@@ -82,7 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
   # uint8 compensators and float16 labels store the INFER set in about Random's bytes at the
   # same ipc (the paper's budget counts a compensator as one image); the CIFAR-10 study
   # measured them within noise of float32 (ipc 10, 3 seeds: 34.53 +- 1.34% against
-  # 34.75 +- 0.33%; the study's ipc 10 summary), so they are the default.
+  # 34.75 +- 0.33%; docs/results.md, ipc 10), so they are the default.
   c.synthetic.compensator_dtype = "uint8"
   c.synthetic.label_dtype = "float16"  # float32 | float16 | bfloat16
   c.synthetic.relabel_batch_size = 500
