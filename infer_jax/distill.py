@@ -32,9 +32,9 @@
    Further rows on request: ``infer_hard`` / ``infer_wo_ufc_hard`` / ``sre2l_hard`` (a set
    with hard labels, for DD-Ranking's HLR), ``infer_uint8`` (the INFER set with uint8
    compensators and float16 labels, about Random's bytes; ``infer_uint8_hard`` is its HLR
-   row) and ``full_data`` (the whole real
-   training set, hard labels). Every row gets DD-Ranking's ``ior``, ``hlr`` and ``lrs``
-   (:func:`infer_jax.core.metrics.dd_ranking`; None where a needed row is absent), and,
+   row) and ``full_data`` (the whole real training set, hard labels). Every row gets
+   DD-Ranking's ``ior``, ``hlr`` and ``lrs`` (:func:`infer_jax.core.metrics.dd_ranking`;
+   None where a needed row is absent), and,
    with ``config.evaluate.curve_every > 0``, the rows of ``config.evaluate.curve_methods``
    record their first seed's learning curve.
 
