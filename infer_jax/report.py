@@ -42,12 +42,14 @@ from infer_jax.runtime.errors import InputError, guarded
 _BASELINES = ("random_hard", "random", "infer_wo_ufc", "sre2l")
 # Which rows each row is stated against: INFER and +Dyn against the baselines (+Dyn also
 # against INFER), and the small-storage INFER set against float32 INFER, the comparison that
-# decides whether uint8 compensators and float16 labels can be the default (docs/protocol.md).
+# decides whether uint8 compensators and float16 labels can be the default (docs/protocol.md),
+# and against Random with the same labels, the byte-matched comparison (its bytes are about
+# Random's, where float32 INFER stores 1.8x them).
 _COMPARED = {
   "infer": _BASELINES,
   "infer_dyn": (*_BASELINES, "infer"),
-  "infer_uint8": ("infer",),
-  "infer_uint8_hard": ("infer_hard",),
+  "infer_uint8": ("infer", "random"),
+  "infer_uint8_hard": ("infer_hard", "random_hard"),
 }
 
 
@@ -163,7 +165,8 @@ def _signed(x: float | None) -> str:
 
 def comparisons(summary: dict[str, Any]) -> list[str]:
   """Plain statements of INFER and INFER+Dyn against each baseline present, and of the
-  uint8-compensator INFER set against float32 INFER (``_COMPARED``).
+  uint8-compensator INFER set against float32 INFER and against Random at about its bytes
+  (``_COMPARED``).
 
   A difference is called a win or a loss only when it exceeds the larger of the two sample
   standard deviations; otherwise the two are "within noise". Two rows that are both near

@@ -325,16 +325,31 @@ def test_report_does_not_rank_rows_near_chance(tmp_path):
   assert lines == [lines[0]] and lines[0].startswith("INFER beats Random: 31.00 ± 1.00")
 
 
-def test_report_states_uint8_storage_against_float32_infer(tmp_path):
-  """The row that decides the storage default is stated against float32 INFER only."""
+def test_report_states_uint8_storage_against_float32_infer_and_random(tmp_path):
+  """The row that decides the storage default is stated against float32 INFER, and against
+  Random with the same labels (the byte-matched comparison); no other baseline."""
   infer = _row("infer", "INFER", "static", [0.60, 0.61, 0.62], 5000)
   small = _row("infer_uint8", "INFER (uint8 u, float16 labels)", "static", [0.60, 0.60, 0.61], 3000)
   random = _row("random", "Random", "static", [0.50, 0.52, 0.51], 3000)
-  lines = report.comparisons(_summary(tmp_path, 10, [random, infer, small]))
+  random_hard = _row("random_hard", "Random (hard labels)", "hard", [0.40, 0.40, 0.40], 2900)
+  lines = report.comparisons(_summary(tmp_path, 10, [random_hard, random, infer, small]))
   about = [x for x in lines if x.startswith("INFER (uint8")]
   assert about == [
     "INFER (uint8 u, float16 labels) within noise of INFER: 60.33 ± 0.58 vs 61.00 ± 1.00 "
-    "(-0.67 points; stored bytes 3,000 vs 5,000)."
+    "(-0.67 points; stored bytes 3,000 vs 5,000).",
+    "INFER (uint8 u, float16 labels) beats Random: 60.33 ± 0.58 vs 51.00 ± 1.00 "
+    "(+9.33 points; stored bytes 3,000 vs 3,000).",
+  ]
+  # Its hard-label row is stated against the hard-label rows only.
+  small_hard = _row(
+    "infer_uint8_hard", "INFER (uint8 u, hard labels)", "hard", [0.31, 0.31, 0.32], 2800
+  )
+  infer_hard = _row("infer_hard", "INFER (hard labels)", "hard", [0.31, 0.32, 0.33], 4800)
+  rows = [random_hard, random, infer_hard, small_hard]
+  about = [x for x in report.comparisons(_summary(tmp_path, 10, rows)) if "uint8 u, hard" in x]
+  assert [x.split(":")[0] for x in about] == [
+    "INFER (uint8 u, hard labels) within noise of INFER (hard labels)",
+    "INFER (uint8 u, hard labels) **loses to** Random (hard labels)",
   ]
   small = _row("infer_uint8", "INFER (uint8 u, float16 labels)", "static", [0.55, 0.56, 0.57], 3000)
   lines = report.comparisons(_summary(tmp_path, 10, [infer, small]))
