@@ -53,6 +53,10 @@ _COMPARED = {
 }
 
 
+# The stage-time key of the run that wrote the summary (infer_jax.distill); the other stage
+# times accumulate over resumed runs.
+_TOTAL_STAGE = "total (this run)"
+
 # What every row of a summary needs for the report's tables and figures.
 _ROW_KEYS = {
   "key": str,
@@ -338,12 +342,10 @@ def setting_markdown(
     "DD-Ranking's label-robust score from them (docs/protocol.md); points, '–' where a needed "
     "row is absent.",
   ]
-  out += [
-    "",
-    "Stage wall time: "
-    + ", ".join(f"{k} {_seconds(v)}" for k, v in summary["stage_seconds"].items())
-    + ".",
-  ]
+  # A resumed run keeps the earlier runs' stage times and appends its own, so the dict's
+  # order puts an earlier run's "total (this run)" key among them: print it last.
+  stages = sorted(summary["stage_seconds"].items(), key=lambda kv: kv[0] == _TOTAL_STAGE)
+  out += ["", "Stage wall time: " + ", ".join(f"{k} {_seconds(v)}" for k, v in stages) + "."]
   out += ["", "Settings (reductions from the paper's recipe are stated in the config file):", ""]
   out += [f"- {line}" for line in _reductions(summary)]
   out += ["", "Commands (each reruns its row; rows already in the results file are kept):", ""]

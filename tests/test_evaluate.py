@@ -291,7 +291,10 @@ def test_report_is_generated_from_results_files(tmp_path, small_set):
   paths = []
   for ipc in (10, 50):
     p = tmp_path / f"toy_ipc{ipc}.json"
-    p.write_text(json.dumps(_summary(work, ipc, rows)))
+    summary = _summary(work, ipc, rows)
+    # A resumed run's order: an earlier run's total among the stages, a new stage after it.
+    summary["stage_seconds"] = {"squeeze": 100.0, "total (this run)": 50.0, "recover": 30.0}
+    p.write_text(json.dumps(summary))
     paths.append(str(p))
   out = tmp_path / "docs" / "results.md"
   info = report.write_report(paths, str(out), command="python -m infer_jax.report X")
@@ -303,6 +306,7 @@ def test_report_is_generated_from_results_files(tmp_path, small_set):
   assert "INFER within noise of INFER w/o UFC" in text
   assert "--config.methods=sre2l" in text and "python -m infer_jax.report X" in text
   assert "(test-selected)" in text  # the best-epoch column is labelled
+  assert "Stage wall time: squeeze 1.7 min, recover 30 s, total (this run) 50 s." in text
   assert len(info["figures"]) == 3  # accuracy vs ratio + one grid per setting
   for png in info["figures"]:
     assert os.path.getsize(png) > 1000
