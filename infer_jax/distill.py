@@ -234,7 +234,11 @@ def distill(config: ml_collections.ConfigDict) -> dict[str, Any]:
   os.makedirs(workdir, exist_ok=True)
   summary_path = os.path.join(workdir, "summary.json")
   previous = _read_summary(summary_path)
-  timings: dict[str, float] = dict(previous.get("stage_seconds", {}))
+  # The earlier runs' stage times accumulate; their total is of another run, so it is dropped
+  # (this run's is added last, at the end).
+  timings: dict[str, float] = {
+    k: v for k, v in previous.get("stage_seconds", {}).items() if k != "total (this run)"
+  }
   keys = method_keys(config)
   eval_seeds = evaluate.seeds(config)
   dataset = sources.load_from_config(config.data)

@@ -342,8 +342,8 @@ def setting_markdown(
     "DD-Ranking's label-robust score from them (docs/protocol.md); points, '–' where a needed "
     "row is absent.",
   ]
-  # A resumed run keeps the earlier runs' stage times and appends its own, so the dict's
-  # order puts an earlier run's "total (this run)" key among them: print it last.
+  # Summaries written by a resumed run before distill dropped the earlier run's total hold
+  # that key among the stages (the committed ipc 10 one does): print it last.
   stages = sorted(summary["stage_seconds"].items(), key=lambda kv: kv[0] == _TOTAL_STAGE)
   out += ["", "Stage wall time: " + ", ".join(f"{k} {_seconds(v)}" for k, v in stages) + "."]
   out += ["", "Settings (reductions from the paper's recipe are stated in the config file):", ""]

@@ -98,12 +98,22 @@ def test_distill_end_to_end_and_reuse(tmp_path, made, capsys):
   capsys.readouterr()
   # The second run reuses teachers, the set and the rows although recover would split its
   # subsets 2 ways with rematerialised teachers (execution settings, not the set's identity).
+  # An earlier run's total placed among the stages (as after a run that added a stage): the
+  # rerun drops it, keeps the stages and puts its own total last.
+  path = work / "summary.json"
+  earlier = json.loads(path.read_text())
+  stages = earlier["stage_seconds"]
+  earlier["stage_seconds"] = {"total (this run)": 1e6, **stages}
+  path.write_text(json.dumps(earlier))
   again = distill_config(work)
   again.recover.image_shards, again.recover.remat = 2, "blocks"
-  distill.distill(again)
+  rerun = distill.distill(again)
   out = capsys.readouterr().out
   assert "not retraining" in out and "reusing the synthetic set" in out
   assert out.count("kept from") == 2  # both rows were already in summary.json
+  assert list(rerun["stage_seconds"])[-1] == "total (this run)"
+  assert rerun["stage_seconds"]["total (this run)"] < 1e6
+  assert rerun["stage_seconds"]["recover"] == stages["recover"]
   # ... and so does a set written before these settings were recorded.
   legacy = synthetic.load(str(work / "synthetic" / "infer.npz"))
   for key in ("image_shards", "remat"):
